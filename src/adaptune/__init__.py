@@ -1,0 +1,9 @@
+"""adaptune: adapter fine-tuning of frozen pretrained transformers (train, evaluate, save, predict, serve)."""
+
+__version__ = "0.1.0"
+
+from adaptune.api import TrainResult, train  # noqa: E402
+from adaptune.config import RunConfig, load_config  # noqa: E402
+from adaptune.inference import Predictor  # noqa: E402
+
+__all__ = ["Predictor", "RunConfig", "TrainResult", "__version__", "load_config", "train"]

@@ -1,0 +1,187 @@
+"""The Python API: ``train(config)`` runs a whole job; the CLI and tests call exactly this."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptune import __version__
+from adaptune.backbone import Backbone, fingerprint, load_backbone
+from adaptune.config import RunConfig
+from adaptune.errors import ConfigError
+from adaptune.evaluation.report import write_eval_report
+from adaptune.inference import Predictor, build_model, run_model
+from adaptune.io import save_adapter
+from adaptune.model import AdaptedModel
+from adaptune.registry import build_task
+from adaptune.tasks.base import Encoded, EvalOutput, Task
+from adaptune.training.loop import Trainer
+
+
+@dataclass
+class Split:
+    """Examples of one split, encoded."""
+
+    name: str
+    path: str
+    examples: list[Any]
+    encoded: list[Encoded]
+    truncated: int
+
+
+@dataclass
+class TrainResult:
+    """Where things went and what was measured."""
+
+    output_dir: Path
+    adapter_dir: Path
+    results: dict[str, Any]
+    trainable_params: int
+    train_tokens_per_s: float
+    wall_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_split(task: Task, cfg: RunConfig, name: str, backbone: Backbone, labels: list[str] | None,
+                max_length: int) -> Split | None:
+    path = getattr(cfg.data, name)
+    if path is None:
+        return None
+    examples = task.read(path, cfg.data, split=name)
+    limit = cfg.data.max_train_examples if name == "train" else cfg.data.max_eval_examples
+    examples = examples[:limit] if limit else examples
+    labels = labels if labels is not None else task.label_names(examples)
+    task.check_labels(examples, labels, path)
+    encoded = [task.encode(ex, backbone.tokenizer, labels, max_length) for ex in examples]
+    return Split(name, path, examples, encoded, sum(e.truncated for e in encoded))
+
+
+def effective_max_length(requested: int, backbone: Backbone) -> int:
+    """``data.max_length``, capped by what the model's position embeddings allow."""
+    limit = backbone.max_positions or requested
+    model_max = getattr(backbone.tokenizer, "model_max_length", None) or limit
+    return int(min(requested, limit, model_max if model_max < 1_000_000 else limit))
+
+
+def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[EvalOutput, list[Any]]:
+    """Predict a labelled split and score it (headline metrics plus the mean loss)."""
+    tokenizer = model.info.tokenizer
+    out = run_model(model, split.encoded, batch_size=cfg.data.eval_batch_size, pad_id=int(tokenizer.pad_token_id),
+                    padding_side=tokenizer.padding_side, bf16=cfg.training.bf16)
+    result = model.task.evaluate(split.examples, out.predictions, model.labels)
+    if out.loss is not None:
+        result.headline["loss"] = out.loss
+    return result, out.predictions
+
+
+def _describe(cfg: RunConfig, model: AdaptedModel, base_fp: str, base_params: int, max_length: int,
+              metrics: dict[str, Any]) -> dict[str, Any]:
+    info = model.info
+    return {
+        "adaptune_version": __version__,
+        "method": cfg.method.model_dump(mode="json"),
+        "task": cfg.task.model_dump(mode="json"),
+        "task_state": model.task.learned_state(),
+        "labels": list(model.labels),
+        "base_model": {"name_or_path": cfg.model.name_or_path, "gguf_file": cfg.model.gguf_file,
+                       "model_type": info.model_type, "hidden_size": info.hidden_size, "fingerprint": base_fp},
+        "pooling": info.pooling,
+        "max_length": max_length,
+        "data": cfg.data.model_dump(mode="json", include={"format", "text_column", "text_pair_column", "label_column",
+                                                           "label_separator", "column_names", "token_column",
+                                                           "tag_column"}),
+        "params": {"trainable": sum(p.numel() for p in model.trainable()),
+                   "method": sum(p.numel() for p in model.adapter_parameters().values()),
+                   "head": sum(p.numel() for p in model.head.parameters()),
+                   "base": base_params},
+        "metrics": metrics,
+    }
+
+
+def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
+    """Train, keep the best weights on dev, save the adapter, evaluate on dev and test, write reports."""
+    started = time.perf_counter()
+    cfg = config
+    if cfg.data.train is None:
+        raise ConfigError("config key 'data.train' is required for training")
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    out_dir = Path(cfg.training.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = build_task(cfg.task)
+    backbone = load_backbone(cfg.model)
+    base_fp = fingerprint(backbone.model)
+    base_params = sum(p.numel() for p in backbone.model.parameters())
+    max_length = effective_max_length(cfg.data.max_length, backbone)
+    train_split = _read_split(task, cfg, "train", backbone, None, max_length)
+    assert train_split is not None
+    labels = task.label_names(train_split.examples)
+    dev = _read_split(task, cfg, "dev", backbone, labels, max_length)
+    test = _read_split(task, cfg, "test", backbone, labels, max_length)
+    model = build_model(backbone, cfg.method, cfg.task, labels)
+    model.task = task  # the task instance that read the data (it may have learned the tag scheme)
+    notes = [f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
+             for s in (train_split, dev, test) if s is not None and s.truncated]
+    metric = cfg.training.metric if cfg.training.metric != "auto" else task.default_metric
+    evaluator = (lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None
+    trainer = Trainer(model, train_split.encoded, cfg, out_dir=out_dir, evaluate=evaluator, metric=metric,
+                      pad_id=int(backbone.tokenizer.pad_token_id), padding_side=backbone.tokenizer.padding_side)
+    fit = trainer.fit(resume=resume)
+    if fit.best_state is not None:
+        model.load_trainable_state(fit.best_state)
+    results: dict[str, Any] = {"metric": metric, "best_step": fit.loop.best_step, "steps": fit.loop.step,
+                               "stopped_early": fit.loop.stopped_early, "notes": notes, "splits": {}}
+    for split in (dev, test):
+        if split is not None:
+            result, predictions = evaluate_split(model, split, cfg)
+            results["splits"][split.name] = write_eval_report(out_dir, split.name, split.path, result, model.task,
+                                                              split.examples, predictions, model.labels)
+    headline = {name: r["headline"] for name, r in results["splits"].items()}
+    adapter_dir = save_adapter(out_dir / "adapter", model.trainable_state(),
+                               _describe(cfg, model, base_fp, base_params, max_length, headline))
+    results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
+    write_run_summary(out_dir, cfg, results, trainer)
+    return TrainResult(out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s,
+                       results["wall_s"], notes)
+
+
+def _run_stats(model: AdaptedModel, tokens_per_s: float, wall_s: float) -> dict[str, Any]:
+    return {
+        "trainable_params": sum(p.numel() for p in model.trainable()),
+        "train_tokens_per_s": round(tokens_per_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def write_run_summary(out_dir: Path, cfg: RunConfig, results: dict[str, Any], trainer: Trainer) -> None:
+    """``results.json``, ``config.yaml`` and the training-curve PNG of a finished run."""
+    import yaml
+
+    from adaptune.evaluation.plots import plot_training_curves
+    from adaptune.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True,
+                                                                sort_keys=False))
+    records = trainer_records(out_dir)
+    if records:
+        plot_training_curves(records, out_dir / "training_curves.png", metric=f"eval_{trainer.metric}")
+
+
+def trainer_records(out_dir: Path) -> list[dict[str, Any]]:
+    """The metrics log of a run as a list of records."""
+    import json
+
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+__all__ = ["Predictor", "TrainResult", "train"]

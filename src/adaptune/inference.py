@@ -1,0 +1,181 @@
+"""Prediction: run an :class:`AdaptedModel` over examples, and the :class:`Predictor` users load adapters with.
+
+``Predictor.load(path).predict(texts)`` is the Python API behind ``adaptune predict`` and the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptune.backbone import Backbone, fingerprint, load_backbone
+from adaptune.config import DataConfig, ModelConfig, RunConfig
+from adaptune.data.batching import eval_batches
+from adaptune.errors import AdapterFileError, DataError
+from adaptune.io import AdapterFile, load_adapter
+from adaptune.model import AdaptedModel
+from adaptune.registry import build_method, build_task
+from adaptune.tasks.base import Encoded, EvalOutput
+
+
+@dataclass
+class BatchOutput:
+    """Predictions (in input order), per-example logits and the mean loss when the examples were labelled."""
+
+    predictions: list[Any]
+    logits: list[torch.Tensor]
+    loss: float | None
+
+
+def run_model(model: AdaptedModel, encoded: Sequence[Encoded], *, batch_size: int, pad_id: int,
+              padding_side: str = "right", bf16: bool = False, keep_logits: bool = False) -> BatchOutput:
+    """Forward ``encoded`` in length-sorted batches without gradients; results come back in input order."""
+    predictions: list[Any] = [None] * len(encoded)
+    logits_out: list[torch.Tensor] = []
+    if keep_logits:
+        logits_out = [torch.empty(0)] * len(encoded)
+    loss_sum, loss_n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.no_grad(), autocast:
+        for indices in eval_batches([len(e) for e in encoded], batch_size):
+            items = [encoded[i] for i in indices]
+            batch = model.task.collate(items, pad_id, padding_side)
+            logits = model(batch)
+            if "labels" in batch:
+                loss_sum += float(model.task.loss(logits, batch)) * len(items)
+                loss_n += len(items)
+            for i, pred in zip(indices, model.task.decode(logits, batch, items)):
+                predictions[i] = pred
+            if keep_logits:
+                for row, i in enumerate(indices):
+                    logits_out[i] = _unpad(logits[row].float(), batch["attention_mask"][row])
+    model.train(was_training)
+    return BatchOutput(predictions, logits_out, loss_sum / loss_n if loss_n else None)
+
+
+def _unpad(row_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Drop padded positions from token-level logits; sequence-level logits pass through."""
+    return row_logits[mask.bool()].clone() if row_logits.dim() == 2 else row_logits.clone()
+
+
+def build_model(backbone: Backbone, method_cfg: Any, task_cfg: Any, labels: list[str]) -> AdaptedModel:
+    """Method and task from their configs, attached to ``backbone``, with a head for ``labels``."""
+    return AdaptedModel(backbone, build_method(method_cfg), build_task(task_cfg), labels)
+
+
+class Predictor:
+    """A trained adapter on its base model, ready to predict.
+
+    >>> predictor = Predictor.load("runs/intents/adapter")      # doctest: +SKIP
+    >>> predictor.predict(["where is my parcel?"])               # doctest: +SKIP
+    [{'text': 'where is my parcel?', 'label': 'order_status', 'score': 0.97, 'scores': {...}}]
+    """
+
+    def __init__(self, model: AdaptedModel, description: dict[str, Any], *, batch_size: int = 32,
+                 bf16: bool = False) -> None:
+        self.model = model.eval()
+        self.description = description
+        self.labels = list(model.labels)
+        self.task = model.task
+        self.tokenizer = model.info.tokenizer
+        self.max_length = int(description["max_length"])
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.data = DataConfig.model_validate(description.get("data", {}))
+
+    @classmethod
+    def load(cls, path: str | Path, *, base: str | None = None, batch_size: int = 32, bf16: bool = False) -> Predictor:
+        """Load an adapter folder onto its base model (or onto ``base``, which must be the same weights)."""
+        adapter = load_adapter(path)
+        return cls(model_from_adapter(adapter, base=base), adapter.config, batch_size=batch_size, bf16=bf16)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def examples(self, items: Iterable[str | dict[str, Any]]) -> list[Any]:
+        """Raw strings or JSON objects -> the task's examples."""
+        out = []
+        for index, item in enumerate(items):
+            try:
+                out.append(self.task.parse_input(item))
+            except DataError as err:
+                raise DataError(err.message, line=index + 1, field=err.field) from None
+        return out
+
+    def encode(self, examples: Sequence[Any], *, with_labels: bool = False) -> list[Encoded]:
+        labels = self.labels if with_labels else []
+        return [self.task.encode(ex if with_labels else _unlabelled(ex), self.tokenizer, labels, self.max_length)
+                for ex in examples]
+
+    def _run(self, examples: Sequence[Any], *, with_labels: bool, keep_logits: bool) -> BatchOutput:
+        return run_model(self.model, self.encode(examples, with_labels=with_labels), batch_size=self.batch_size,
+                         pad_id=self.pad_id, padding_side=self.tokenizer.padding_side, bf16=self.bf16,
+                         keep_logits=keep_logits)
+
+    def predict(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
+        """One JSON-ready prediction per input: label and scores, or entities with character offsets."""
+        examples = self.examples(items)
+        if not examples:
+            return []
+        out = self._run(examples, with_labels=False, keep_logits=False)
+        return [self.task.to_output(ex, pred, self.labels) for ex, pred in zip(examples, out.predictions)]
+
+    def logits(self, items: Iterable[str | dict[str, Any]]) -> list[torch.Tensor]:
+        """Raw logits per input: ``(num_labels,)`` for sequence tasks, ``(tokens, num_labels)`` for token tasks."""
+        examples = self.examples(items)
+        return self._run(examples, with_labels=False, keep_logits=True).logits if examples else []
+
+    def evaluate_examples(self, examples: Sequence[Any], path: str = "") -> tuple[EvalOutput, list[Any]]:
+        """Score labelled examples; a label the adapter never saw is a :class:`DataError`."""
+        self.task.check_labels(examples, self.labels, path)
+        out = self._run(examples, with_labels=True, keep_logits=False)
+        result = self.task.evaluate(examples, out.predictions, self.labels)
+        if out.loss is not None:
+            result.headline["loss"] = out.loss
+        return result, out.predictions
+
+    def evaluate(self, path: str | Path, **data_overrides: Any) -> EvalOutput:
+        """Read a labelled file with the adapter's data settings (overridable) and score it."""
+        data = self.data.model_copy(update=data_overrides)
+        examples = self.task.read(str(path), data, split="test")
+        return self.evaluate_examples(examples, str(path))[0]
+
+
+def _unlabelled(example: Any) -> Any:
+    """The example without gold labels (so encoding never needs the label set)."""
+    from dataclasses import replace
+
+    field = "labels" if hasattr(example, "labels") else "tags"
+    return replace(example, **{field: ()})
+
+
+def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> AdaptedModel:
+    """Rebuild the trained model from an adapter file, checking that the base weights are the same."""
+    desc = adapter.config
+    run = RunConfig.model_validate({"method": desc["method"], "task": desc["task"]})
+    base_desc = desc["base_model"]
+    model_cfg = ModelConfig(name_or_path=base or base_desc["name_or_path"], gguf_file=base_desc.get("gguf_file"),
+                            pooling=desc["pooling"])
+    backbone = load_backbone(model_cfg)
+    found = fingerprint(backbone.model)
+    if found != base_desc["fingerprint"]:
+        raise AdapterFileError(
+            f"adapter {adapter.path} was trained on base model '{base_desc['name_or_path']}' "
+            f"(fingerprint {base_desc['fingerprint']}), but '{model_cfg.name_or_path}' has different weights "
+            f"(fingerprint {found}); load it onto the base it was trained on"
+        )
+    model = build_model(backbone, run.method, run.task, adapter.labels)
+    model.task.load_learned_state(desc.get("task_state", {}))
+    try:
+        model.load_trainable_state(adapter.tensors)
+    except KeyError as err:
+        raise AdapterFileError(f"adapter {adapter.path} does not match its method config: {err}") from None
+    return model

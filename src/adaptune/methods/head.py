@@ -1,0 +1,28 @@
+"""``head``: train the task head alone on top of the frozen backbone (a linear probe)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from adaptune.config import MethodConfig
+from adaptune.methods.base import AttachContext, Method
+from adaptune.registry import register_method
+
+
+class HeadOnlyConfig(MethodConfig):
+    """No change to the backbone; only the task head trains."""
+
+    name: Literal["head"] = Field("head", description="Train the task head alone.")
+
+
+@register_method("head", HeadOnlyConfig)
+class HeadOnly(Method):
+    """Train only the task head: the backbone is a fixed feature extractor."""
+
+    default_learning_rate = 3e-3
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> None:
+        """Nothing to attach: every backbone parameter stays frozen."""

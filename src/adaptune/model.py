@@ -1,0 +1,79 @@
+"""The adapted model: frozen backbone + method + task head, behind one ``forward(batch) -> logits``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from adaptune.backbone import Backbone
+from adaptune.methods.base import AttachContext, Method
+from adaptune.tasks.base import Task
+
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class AdaptedModel(nn.Module):
+    """``backbone`` (frozen, with the method attached) and ``head`` (trainable).
+
+    ``forward`` takes a collated batch (``input_ids``, ``attention_mask``, optional ``token_type_ids``, each
+    ``(B, T)``) and returns the head's logits: ``(B, num_labels)`` for sequence tasks, ``(B, T, num_labels)``
+    for token tasks.
+    """
+
+    def __init__(self, backbone: Backbone, method: Method, task: Task, labels: list[str]) -> None:
+        super().__init__()
+        self.info = backbone
+        self.backbone = backbone.model
+        self.method = method
+        self.task = task
+        self.labels = labels
+        ctx = AttachContext(backbone.model_type, backbone.anatomy, backbone.hidden_size, backbone.num_layers)
+        method.attach(self.backbone, ctx)
+        self.head = task.build_head(backbone.hidden_size, len(labels), backbone.pooling)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
+        prep = self.method.prepare_inputs(self.backbone, inputs)
+        hidden = self.backbone(**prep.inputs).last_hidden_state
+        if prep.n_virtual:
+            hidden = hidden[:, prep.n_virtual :]
+        return self.head(hidden, batch)  # type: ignore[no-any-return]
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter for what the method trains (names as in the backbone)."""
+        return self.method.owned_parameters(self.backbone)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything an adapter file stores: ``adapter.<name>`` and ``head.<name>`` tensors."""
+        state = {f"adapter.{k}": p.detach() for k, p in self.adapter_parameters().items()}
+        state.update({f"head.{k}": v.detach() for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`trainable_state`; every expected tensor must be present with its shape."""
+        own = self.adapter_parameters()
+        expected = set(self.trainable_state())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"adapter tensors do not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for key, tensor in state.items():
+                target = own[key[len("adapter."):]] if key.startswith("adapter.") else None
+                if target is not None:
+                    if target.shape != tensor.shape:
+                        raise KeyError(f"tensor {key}: shape {tuple(tensor.shape)} != expected {tuple(target.shape)}")
+                    target.copy_(tensor)
+        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+
+    def trainable(self) -> Iterator[nn.Parameter]:
+        """Every parameter the optimiser updates: the method's and the head's."""
+        yield from self.adapter_parameters().values()
+        yield from self.head.parameters()
+
+    def mark_trainable(self) -> None:
+        """Freeze the backbone except the method's parameters; the head trains."""
+        self.backbone.requires_grad_(False)
+        for param in self.trainable():
+            param.requires_grad_(True)

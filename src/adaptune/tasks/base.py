@@ -1,0 +1,153 @@
+"""What every task provides: reading, labels, tokenisation, the head, the loss, decoding and metrics.
+
+Tasks never look at the method in use; the training loop and the predictor call only what is declared here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from adaptune.config import DataConfig, TaskConfig
+from adaptune.errors import DataError
+
+E = TypeVar("E")  # the task's example type
+
+
+@dataclass
+class Encoded:
+    """One tokenised example.
+
+    Attributes:
+        input_ids: token ids, special tokens included, at most ``max_length``.
+        token_type_ids: segment ids when the tokenizer makes them.
+        target: label id (single-label), multi-hot list (multi-label), or per-token tag ids with -100 on
+            positions that carry no label (token tasks); None when unlabelled.
+        word_index: token tasks: for each position, the index of the word whose first sub-token it is, else -1.
+        truncated: True when tokens were cut to fit ``max_length``.
+    """
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+    target: Any = None
+    word_index: list[int] | None = None
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EvalOutput:
+    """A task's evaluation: the full report and the headline figures used for model selection."""
+
+    report: dict[str, Any]
+    headline: dict[str, float] = field(default_factory=dict)
+
+
+class Task(ABC, Generic[E]):
+    """Base of every task. Subclasses register with ``@register_task(name, ConfigClass)``."""
+
+    #: Metric used for model selection when training.metric is "auto".
+    default_metric: str = "accuracy"
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    # -- data -----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[E]:
+        """Read examples of this task from ``path`` (``split`` picks the split of a HF dataset folder)."""
+
+    @abstractmethod
+    def parse_input(self, item: str | dict[str, Any]) -> E:
+        """An unlabelled example from a raw string or a JSON object (for prediction)."""
+
+    @abstractmethod
+    def label_names(self, examples: Sequence[E]) -> list[str]:
+        """The label set, taken from training examples, in a stable order."""
+
+    @abstractmethod
+    def check_labels(self, examples: Sequence[E], labels: Sequence[str], path: str) -> None:
+        """Raise a :class:`DataError` for a label that training never saw."""
+
+    @abstractmethod
+    def encode(self, example: E, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int) -> Encoded:
+        """Tokenise one example (no padding: batches are padded dynamically)."""
+
+    # -- model ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def build_head(self, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
+        """The task head: ``head(hidden_states (B, T, d), batch) -> logits``."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of a batch."""
+
+    @abstractmethod
+    def decode(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: Sequence[Encoded]) -> list[Any]:
+        """One prediction per example of the batch, in label-id space."""
+
+    @abstractmethod
+    def evaluate(self, examples: Sequence[E], predictions: Sequence[Any], labels: Sequence[str]) -> EvalOutput:
+        """Compare predictions with the examples' gold labels."""
+
+    @abstractmethod
+    def to_output(self, example: E, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
+        """A JSON-ready prediction for users (labels by name, scores, spans)."""
+
+    def learned_state(self) -> dict[str, Any]:
+        """What the task learned from the training data besides labels (stored in the adapter config)."""
+        return {}
+
+    def load_learned_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`learned_state`."""
+
+    def targets(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        """Target tensors of a batch; the default stacks one label id per example."""
+        return {"labels": torch.tensor([e.target for e in encoded], dtype=torch.long)}
+
+    # -- batching -------------------------------------------------------------------------------------------
+    def collate(self, encoded: Sequence[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad a batch to its longest member (dynamic padding) and add the task's targets if labelled."""
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        types = torch.zeros((len(encoded), width), dtype=torch.long) if encoded[0].token_type_ids else None
+        for row, item in enumerate(encoded):
+            span = slice(width - len(item), width) if padding_side == "left" else slice(0, len(item))
+            ids[row, span] = torch.tensor(item.input_ids)
+            mask[row, span] = 1
+            if types is not None and item.token_type_ids:
+                types[row, span] = torch.tensor(item.token_type_ids)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            batch["token_type_ids"] = types
+        if all(e.target is not None for e in encoded):
+            batch.update(self.targets(encoded))
+        return batch
+
+
+def ordered_labels(names: set[str]) -> list[str]:
+    """Labels in a stable order: numerically when all are integers ("2" < "10"), else alphabetically."""
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def unknown_label_error(label: str, source: str, path: str, known: Sequence[str], field: str) -> DataError:
+    """The error for a label at evaluation time that the training data never had."""
+    file, _, line = source.rpartition(":")
+    shown = ", ".join(list(known)[:20]) + (" ..." if len(known) > 20 else "")
+    return DataError(
+        f"label {label!r} never occurs in the training data (known labels: {shown})",
+        file=file or path,
+        line=int(line) if line.isdigit() else None,
+        field=field,
+    )

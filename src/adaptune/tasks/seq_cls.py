@@ -1,0 +1,166 @@
+"""``seq_cls``: sequence classification, single-label (softmax + cross-entropy) or multi-label (sigmoid + BCE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.readers import read_text_examples
+from adaptune.data.records import TextExample
+from adaptune.errors import DataError
+from adaptune.evaluation.metrics import classification_report, confusion, multilabel_report
+from adaptune.registry import register_task
+from adaptune.tasks.base import Encoded, EvalOutput, Task, ordered_labels, unknown_label_error
+from adaptune.tasks.pooling import pool
+
+
+class SeqClsConfig(TaskConfig):
+    """Sequence classification settings."""
+
+    name: Literal["seq_cls"] = "seq_cls"
+    multi_label: bool = Field(False, description="Each example may carry several labels (sigmoid + BCE).")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Multi-label: probability above which a label is on.")
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Single-label cross-entropy label smoothing.")
+
+
+class SequenceHead(nn.Module):
+    """Pool token states, then dropout and a linear classifier: ``(B, T, d) -> (B, num_labels)``."""
+
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str, dropout: float) -> None:
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = pool(hidden, batch["attention_mask"], self.pooling)
+        return self.classifier(self.dropout(pooled.to(self.classifier.weight.dtype)))  # type: ignore[no-any-return]
+
+
+@register_task("seq_cls", SeqClsConfig)
+class SequenceClassification(Task[TextExample]):
+    """Classify a text (or a text pair) into one label, or into a set of labels."""
+
+    config: SeqClsConfig
+    default_metric = "accuracy"
+
+    def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TextExample]:
+        hf_split = getattr(data, f"hf_split_{split}", None)
+        return read_text_examples(
+            path,
+            format=data.format,
+            text_column=data.text_column,
+            text_pair_column=data.text_pair_column,
+            label_column=data.label_column if require_labels else None,
+            label_separator=data.label_separator,
+            column_names=data.column_names,
+            hf_split=hf_split,
+            require_labels=require_labels,
+        )
+
+    def parse_input(self, item: str | dict[str, Any]) -> TextExample:
+        if isinstance(item, str):
+            return TextExample(text=item, labels=())
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("needs a non-empty string", field="text")
+        pair = item.get("text_pair")
+        return TextExample(text=text, labels=(), text_pair=pair if isinstance(pair, str) else None)
+
+    def label_names(self, examples: Sequence[TextExample]) -> list[str]:
+        labels = ordered_labels({label for ex in examples for label in ex.labels})
+        if len(labels) < (1 if self.config.multi_label else 2):
+            raise DataError(f"the training data has {len(labels)} distinct label(s); classification needs 2 or more")
+        if not self.config.multi_label:
+            multi = next((ex for ex in examples if len(ex.labels) > 1), None)
+            if multi is not None:
+                raise DataError(
+                    f"example has several labels {list(multi.labels)} but task.multi_label is false",
+                    file=multi.source or None,
+                )
+        return labels
+
+    def check_labels(self, examples: Sequence[TextExample], labels: Sequence[str], path: str) -> None:
+        known = set(labels)
+        for ex in examples:
+            for label in ex.labels:
+                if label not in known:
+                    raise unknown_label_error(label, ex.source, path, labels, "label")
+
+    def encode(
+        self, example: TextExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
+    ) -> Encoded:
+        enc = tokenizer(example.text, example.text_pair, truncation=False)
+        truncated = len(enc["input_ids"]) > max_length
+        if truncated:
+            enc = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
+        return Encoded(
+            input_ids=list(enc["input_ids"]),
+            token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
+            target=self._target(example, labels) if example.labels else None,
+            truncated=truncated,
+        )
+
+    def _target(self, example: TextExample, labels: Sequence[str]) -> Any:
+        index = {name: i for i, name in enumerate(labels)}
+        if self.config.multi_label:
+            hot = [0.0] * len(labels)
+            for label in example.labels:
+                hot[index[label]] = 1.0
+            return hot
+        return index[example.labels[0]]
+
+    def targets(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        dtype = torch.float32 if self.config.multi_label else torch.long
+        return {"labels": torch.tensor([e.target for e in encoded], dtype=dtype)}
+
+    def build_head(self, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
+        return SequenceHead(hidden_size, num_labels, pooling, self.config.head_dropout)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = logits.float()
+        if self.config.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, batch["labels"])
+        return F.cross_entropy(logits, batch["labels"], label_smoothing=self.config.label_smoothing)
+
+    def decode(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: Sequence[Encoded]) -> list[Any]:
+        """Per example: ``(label ids, probabilities)``; one id (argmax) or every id above the threshold."""
+        logits = logits.float()
+        if self.config.multi_label:
+            probs = torch.sigmoid(logits)
+            return [([int(i) for i in (row >= self.config.threshold).nonzero().flatten()], row.tolist()) for row in probs]
+        probs = torch.softmax(logits, dim=-1)
+        return [([int(row.argmax())], row.tolist()) for row in probs]
+
+    def evaluate(self, examples: Sequence[TextExample], predictions: Sequence[Any], labels: Sequence[str]) -> EvalOutput:
+        if self.config.multi_label:
+            gold_sets = [set(ex.labels) for ex in examples]
+            pred_sets = [{labels[i] for i in ids} for ids, _ in predictions]
+            report = multilabel_report(gold_sets, pred_sets, labels)
+        else:
+            gold = [ex.labels[0] for ex in examples]
+            pred = [labels[ids[0]] for ids, _ in predictions]
+            report = classification_report(gold, pred, labels)
+            report["confusion_matrix"] = {"labels": list(labels), "matrix": confusion(gold, pred, labels)}
+        headline = {
+            "accuracy": float(report["accuracy"]),
+            "macro_f1": float(report["macro"]["f1"]),
+            "micro_f1": float(report["micro"]["f1"]),
+            "weighted_f1": float(report["weighted"]["f1"]),
+        }
+        return EvalOutput(report=report, headline=headline)
+
+    def to_output(self, example: TextExample, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
+        ids, probs = prediction
+        scores = {name: round(float(p), 6) for name, p in zip(labels, probs)}
+        if self.config.multi_label:
+            return {"text": example.text, "labels": [labels[i] for i in ids], "scores": scores}
+        return {"text": example.text, "label": labels[ids[0]], "score": scores[labels[ids[0]]], "scores": scores}

@@ -1,0 +1,216 @@
+"""``token_cls``: token classification (NER and other tagging), scored at entity level.
+
+Words are tokenised into sub-words; the first sub-token of each word carries the word's tag and the others are
+ignored by the loss (-100). Predictions are read back at the same first sub-tokens, so every word gets exactly one
+tag; words cut off by ``max_length`` are predicted ``O`` and still counted in evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.readers import read_token_examples
+from adaptune.data.records import TokenExample, token_example_from_text, token_example_from_words
+from adaptune.errors import DataError
+from adaptune.evaluation.metrics import entity_report, token_report
+from adaptune.evaluation.tagging import detect_scheme, extract_entities, normalise_scheme, validate_tags
+from adaptune.registry import register_task
+from adaptune.tasks.base import Encoded, EvalOutput, Task, unknown_label_error
+
+IGNORE = -100
+
+
+class TokenClsConfig(TaskConfig):
+    """Token classification settings."""
+
+    name: Literal["token_cls"] = "token_cls"
+    tag_scheme: Literal["auto", "BIO", "IOB2", "IOB1", "BIOES", "IOBES", "BMES"] = Field(
+        "auto", description="Tag scheme of the data; 'auto' detects it from the training tags."
+    )
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the tag classifier.")
+
+
+class TokenHead(nn.Module):
+    """Dropout and a linear tag classifier on every position: ``(B, T, d) -> (B, T, num_tags)``."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden.to(self.classifier.weight.dtype)))  # type: ignore[no-any-return]
+
+
+def align_first_subtoken(word_ids: Sequence[int | None], n_words: int) -> tuple[list[int], int]:
+    """For each position, the word index whose *first* sub-token it is, else -1; and how many words are covered.
+
+    ``word_ids`` is the fast tokenizer's map from positions to words (None for special tokens).
+    """
+    index, previous, covered = [], None, set()
+    for word in word_ids:
+        if word is not None and word != previous and word < n_words:
+            index.append(word)
+            covered.add(word)
+        else:
+            index.append(-1)
+        previous = word
+    return index, len(covered)
+
+
+def tag_order(tags: set[str]) -> list[str]:
+    """``O`` first, then tags by entity type and prefix (``B-LOC, I-LOC, B-PER ...``)."""
+    rest = sorted((t for t in tags if t != "O"), key=lambda t: (t[2:] if len(t) > 2 and t[1] == "-" else t, t))
+    return (["O"] if "O" in tags else []) + rest
+
+
+@register_task("token_cls", TokenClsConfig)
+class TokenClassification(Task[TokenExample]):
+    """Tag every word (named entities, chunks ...); headline metric: strict entity-level F1."""
+
+    config: TokenClsConfig
+    default_metric = "f1"
+
+    def __init__(self, config: TokenClsConfig) -> None:
+        super().__init__(config)
+        self.scheme: str | None = None if config.tag_scheme == "auto" else normalise_scheme(config.tag_scheme)
+
+    def learned_state(self) -> dict[str, Any]:
+        return {"tag_scheme": self.scheme}
+
+    def load_learned_state(self, state: dict[str, Any]) -> None:
+        self.scheme = state.get("tag_scheme") or self.scheme
+
+    def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TokenExample]:
+        examples = read_token_examples(
+            path,
+            format=data.format,
+            token_column=data.token_column,
+            tag_column=data.tag_column,
+            hf_split=getattr(data, f"hf_split_{split}", None),
+            require_labels=require_labels,
+        )
+        if require_labels and examples:
+            if self.scheme is None:
+                self.scheme = normalise_scheme(detect_scheme([ex.tags for ex in examples]))
+            for ex in examples:
+                file, _, line = ex.source.rpartition(":")
+                validate_tags(ex.tags, self.scheme, file=file or path, line=int(line) if line.isdigit() else None)
+        return examples
+
+    def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
+        if isinstance(item, str):
+            return token_example_from_text(item)
+        tokens = item.get("tokens")
+        if isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens):
+            return token_example_from_words(tokens, (), " ", "")
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("needs a non-empty 'text' string or a 'tokens' list of strings", field="text")
+        return token_example_from_text(text)
+
+    def label_names(self, examples: Sequence[TokenExample]) -> list[str]:
+        tags = {tag for ex in examples for tag in ex.tags}
+        if not tags - {"O"}:
+            raise DataError("the training data has no entity tags (only 'O'); nothing to learn")
+        return tag_order(tags)
+
+    def check_labels(self, examples: Sequence[TokenExample], labels: Sequence[str], path: str) -> None:
+        known = set(labels)
+        for ex in examples:
+            for tag in ex.tags:
+                if tag not in known:
+                    raise unknown_label_error(tag, ex.source, path, labels, "tag")
+
+    def encode(
+        self, example: TokenExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
+    ) -> Encoded:
+        enc = tokenizer(list(example.tokens), is_split_into_words=True, truncation=True, max_length=max_length)
+        word_index, covered = align_first_subtoken(enc.word_ids(), len(example.tokens))
+        target = None
+        if example.tags:
+            ids = {name: i for i, name in enumerate(labels)}
+            target = [ids[example.tags[w]] if w >= 0 else IGNORE for w in word_index]
+        return Encoded(
+            input_ids=list(enc["input_ids"]),
+            token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
+            target=target,
+            word_index=word_index,
+            truncated=covered < len(example.tokens) and len(enc["input_ids"]) >= max_length,
+        )
+
+    def targets(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(e) for e in encoded)
+        labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+        for row, item in enumerate(encoded):
+            labels[row, : len(item)] = torch.tensor(item.target)
+        return {"labels": labels}
+
+    def build_head(self, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
+        return TokenHead(hidden_size, num_labels, self.config.head_dropout)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+
+    def decode(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: Sequence[Encoded]) -> list[Any]:
+        """Per example: ``(tag id per word or -1 if not covered, probability of that tag)``."""
+        probs = torch.softmax(logits.float(), dim=-1)
+        best_p, best = probs.max(-1)
+        out = []
+        for row, item in enumerate(encoded):
+            assert item.word_index is not None
+            n_words = max(item.word_index, default=-1) + 1
+            tags, scores = [-1] * n_words, [0.0] * n_words
+            offset = int(batch["attention_mask"][row].argmax())  # first real position: > 0 when left-padded
+            for pos, word in enumerate(item.word_index):
+                if word >= 0:
+                    tags[word], scores[word] = int(best[row, pos + offset]), float(best_p[row, pos + offset])
+            out.append((tags, scores))
+        return out
+
+    def word_tags(self, example: TokenExample, prediction: Any, labels: Sequence[str]) -> list[str]:
+        """Tag names for every word of ``example`` (words past the truncation point: ``O``)."""
+        ids = prediction[0]
+        return [labels[ids[i]] if i < len(ids) and ids[i] >= 0 else "O" for i in range(len(example.tokens))]
+
+    def evaluate(
+        self, examples: Sequence[TokenExample], predictions: Sequence[Any], labels: Sequence[str]
+    ) -> EvalOutput:
+        gold = [list(ex.tags) for ex in examples]
+        pred = [self.word_tags(ex, p, labels) for ex, p in zip(examples, predictions)]
+        scheme = self.scheme or normalise_scheme(detect_scheme(gold))
+        report = entity_report(gold, pred, scheme)
+        report["scheme"] = scheme
+        report["token_level"] = token_report(gold, pred)
+        headline = {
+            "f1": float(report["f1"]),
+            "precision": float(report["precision"]),
+            "recall": float(report["recall"]),
+            "token_accuracy": float(report["token_level"]["accuracy"]),
+        }
+        return EvalOutput(report=report, headline=headline)
+
+    def to_output(self, example: TokenExample, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
+        tags = self.word_tags(example, prediction, labels)
+        scores = prediction[1]
+        entities = []
+        for kind, start, end in extract_entities(tags, self.scheme or "BIO"):
+            char_start, char_end = example.offsets[start][0], example.offsets[end - 1][1]
+            word_scores = [scores[i] for i in range(start, end) if i < len(scores)]
+            entities.append({
+                "type": kind,
+                "text": example.text[char_start:char_end],
+                "start": char_start,
+                "end": char_end,
+                "score": round(sum(word_scores) / max(1, len(word_scores)), 6),
+            })
+        return {"text": example.text, "entities": entities, "tokens": list(example.tokens), "tags": tags}
+
