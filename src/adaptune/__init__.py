@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from adaptune.api import TrainResult, train  # noqa: E402
-from adaptune.config import RunConfig, load_config  # noqa: E402
-from adaptune.inference import Predictor  # noqa: E402
+from adaptune.api import TrainResult, train
+from adaptune.config import RunConfig, load_config
+from adaptune.inference import Predictor
 
 __all__ = ["Predictor", "RunConfig", "TrainResult", "__version__", "load_config", "train"]

@@ -47,8 +47,9 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_split(task: Task, cfg: RunConfig, name: str, backbone: Backbone, labels: list[str] | None,
-                max_length: int) -> Split | None:
+def _read_split(
+    task: Task, cfg: RunConfig, name: str, backbone: Backbone, labels: list[str] | None, max_length: int
+) -> Split | None:
     path = getattr(cfg.data, name)
     if path is None:
         return None
@@ -71,16 +72,23 @@ def effective_max_length(requested: int, backbone: Backbone) -> int:
 def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[EvalOutput, list[Any]]:
     """Predict a labelled split and score it (headline metrics plus the mean loss)."""
     tokenizer = model.info.tokenizer
-    out = run_model(model, split.encoded, batch_size=cfg.data.eval_batch_size, pad_id=int(tokenizer.pad_token_id),
-                    padding_side=tokenizer.padding_side, bf16=cfg.training.bf16)
+    out = run_model(
+        model,
+        split.encoded,
+        batch_size=cfg.data.eval_batch_size,
+        pad_id=int(tokenizer.pad_token_id),
+        padding_side=tokenizer.padding_side,
+        bf16=cfg.training.bf16,
+    )
     result = model.task.evaluate(split.examples, out.predictions, model.labels)
     if out.loss is not None:
         result.headline["loss"] = out.loss
     return result, out.predictions
 
 
-def _describe(cfg: RunConfig, model: AdaptedModel, base_fp: str, base_params: int, max_length: int,
-              metrics: dict[str, Any]) -> dict[str, Any]:
+def _describe(
+    cfg: RunConfig, model: AdaptedModel, base_fp: str, base_params: int, max_length: int, metrics: dict[str, Any]
+) -> dict[str, Any]:
     info = model.info
     return {
         "adaptune_version": __version__,
@@ -88,17 +96,34 @@ def _describe(cfg: RunConfig, model: AdaptedModel, base_fp: str, base_params: in
         "task": cfg.task.model_dump(mode="json"),
         "task_state": model.task.learned_state(),
         "labels": list(model.labels),
-        "base_model": {"name_or_path": cfg.model.name_or_path, "gguf_file": cfg.model.gguf_file,
-                       "model_type": info.model_type, "hidden_size": info.hidden_size, "fingerprint": base_fp},
+        "base_model": {
+            "name_or_path": cfg.model.name_or_path,
+            "gguf_file": cfg.model.gguf_file,
+            "model_type": info.model_type,
+            "hidden_size": info.hidden_size,
+            "fingerprint": base_fp,
+        },
         "pooling": info.pooling,
         "max_length": max_length,
-        "data": cfg.data.model_dump(mode="json", include={"format", "text_column", "text_pair_column", "label_column",
-                                                           "label_separator", "column_names", "token_column",
-                                                           "tag_column"}),
-        "params": {"trainable": sum(p.numel() for p in model.trainable()),
-                   "method": sum(p.numel() for p in model.adapter_parameters().values()),
-                   "head": sum(p.numel() for p in model.head.parameters()),
-                   "base": base_params},
+        "data": cfg.data.model_dump(
+            mode="json",
+            include={
+                "format",
+                "text_column",
+                "text_pair_column",
+                "label_column",
+                "label_separator",
+                "column_names",
+                "token_column",
+                "tag_column",
+            },
+        ),
+        "params": {
+            "trainable": sum(p.numel() for p in model.trainable()),
+            "method": sum(p.numel() for p in model.adapter_parameters().values()),
+            "head": sum(p.numel() for p in model.head.parameters()),
+            "base": base_params,
+        },
         "metrics": metrics,
     }
 
@@ -125,29 +150,49 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     test = _read_split(task, cfg, "test", backbone, labels, max_length)
     model = build_model(backbone, cfg.method, cfg.task, labels)
     model.task = task  # the task instance that read the data (it may have learned the tag scheme)
-    notes = [f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
-             for s in (train_split, dev, test) if s is not None and s.truncated]
+    notes = [
+        f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
+        for s in (train_split, dev, test)
+        if s is not None and s.truncated
+    ]
     metric = cfg.training.metric if cfg.training.metric != "auto" else task.default_metric
     evaluator = (lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None
-    trainer = Trainer(model, train_split.encoded, cfg, out_dir=out_dir, evaluate=evaluator, metric=metric,
-                      pad_id=int(backbone.tokenizer.pad_token_id), padding_side=backbone.tokenizer.padding_side)
+    trainer = Trainer(
+        model,
+        train_split.encoded,
+        cfg,
+        out_dir=out_dir,
+        evaluate=evaluator,
+        metric=metric,
+        pad_id=int(backbone.tokenizer.pad_token_id),
+        padding_side=backbone.tokenizer.padding_side,
+    )
     fit = trainer.fit(resume=resume)
     if fit.best_state is not None:
         model.load_trainable_state(fit.best_state)
-    results: dict[str, Any] = {"metric": metric, "best_step": fit.loop.best_step, "steps": fit.loop.step,
-                               "stopped_early": fit.loop.stopped_early, "notes": notes, "splits": {}}
+    results: dict[str, Any] = {
+        "metric": metric,
+        "best_step": fit.loop.best_step,
+        "steps": fit.loop.step,
+        "stopped_early": fit.loop.stopped_early,
+        "notes": notes,
+        "splits": {},
+    }
     for split in (dev, test):
         if split is not None:
             result, predictions = evaluate_split(model, split, cfg)
-            results["splits"][split.name] = write_eval_report(out_dir, split.name, split.path, result, model.task,
-                                                              split.examples, predictions, model.labels)
+            results["splits"][split.name] = write_eval_report(
+                out_dir, split.name, split.path, result, model.task, split.examples, predictions, model.labels
+            )
     headline = {name: r["headline"] for name, r in results["splits"].items()}
-    adapter_dir = save_adapter(out_dir / "adapter", model.trainable_state(),
-                               _describe(cfg, model, base_fp, base_params, max_length, headline))
+    adapter_dir = save_adapter(
+        out_dir / "adapter", model.trainable_state(), _describe(cfg, model, base_fp, base_params, max_length, headline)
+    )
     results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
     write_run_summary(out_dir, cfg, results, trainer)
-    return TrainResult(out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s,
-                       results["wall_s"], notes)
+    return TrainResult(
+        out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], notes
+    )
 
 
 def _run_stats(model: AdaptedModel, tokens_per_s: float, wall_s: float) -> dict[str, Any]:
@@ -167,8 +212,9 @@ def write_run_summary(out_dir: Path, cfg: RunConfig, results: dict[str, Any], tr
     from adaptune.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out_dir / "results.json", results)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True,
-                                                                sort_keys=False))
+    atomic_write_text(
+        out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    )
     records = trainer_records(out_dir)
     if records:
         plot_training_curves(records, out_dir / "training_curves.png", metric=f"eval_{trainer.metric}")

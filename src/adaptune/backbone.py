@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -99,6 +101,8 @@ def read_pooling(path: str, is_decoder: bool) -> str:
 
 def load_backbone(cfg: ModelConfig) -> Backbone:
     """Load the base model (fp32, eval mode, every parameter frozen) and its tokenizer."""
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     where = resolve_model(cfg.name_or_path, cfg.gguf_file)
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     if where.gguf_file:
@@ -106,9 +110,19 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     try:
         hf_config = AutoConfig.from_pretrained(where.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where.path, **kwargs)
-        model = AutoModel.from_pretrained(where.path, config=hf_config, dtype=torch.float32, **kwargs)
+        model, loading = AutoModel.from_pretrained(
+            where.path, config=hf_config, dtype=torch.float32, output_loading_info=True, **kwargs
+        )
     except OSError as err:
         raise ConfigError(f"config key 'model.name_or_path' = {cfg.name_or_path!r}: cannot load it ({err})") from None
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # never used: pooling is ours (BERT's pooler is often untrained, and it costs time)
+    missing = [k for k in loading.get("missing_keys", []) if not k.startswith("pooler.")]
+    if missing:
+        warnings.warn(
+            f"{cfg.name_or_path}: {len(missing)} weights were not in the checkpoint and are random: {missing[:5]}",
+            stacklevel=2,
+        )
     model.eval()
     model.requires_grad_(False)
     model_type = str(hf_config.model_type)

@@ -40,6 +40,7 @@ def train(
     """Train an adapter, evaluate it on dev and test, and save it."""
     from adaptune.api import train as run_train
     from adaptune.config import load_config
+
     try:
         cfg = load_config(_config_path(config), set_ or [])
         result = run_train(cfg, resume=resume)
@@ -159,8 +160,12 @@ def demo(
         cfg = load_config(BUNDLED_CONFIGS / "intents.yaml", [f"training.output_dir={output_dir}", *(set_ or [])])
         result = run_train(cfg)
         predictor = Predictor.load(result.adapter_dir)
-        samples = ["Where is my package? It was supposed to arrive yesterday.", "我想退款，衣服尺码不对",
-                   "how much is shipping to Canada", "你好，在吗？"]
+        samples = [
+            "Where is my package? It was supposed to arrive yesterday.",
+            "我想退款，衣服尺码不对",
+            "how much is shipping to Canada",
+            "你好，在吗？",
+        ]
         outputs = predictor.predict(samples)
     except AdaptuneError as err:
         _fail(err)

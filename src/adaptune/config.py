@@ -32,7 +32,7 @@ class ModelConfig(StrictModel):
 
     name_or_path: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a transformers model.")
     gguf_file: str | None = Field(None, description="GGUF file inside name_or_path, dequantised on load.")
-    pooling: Literal["auto", "cls", "mean", "max", "last", "pooler"] = Field(
+    pooling: Literal["auto", "cls", "mean", "max", "last"] = Field(
         "auto",
         description="Sentence pooling for sequence tasks. 'auto' reads the model's own pooling config "
         "(sentence-transformers 1_Pooling/config.json), else CLS for encoders and last token for decoders.",

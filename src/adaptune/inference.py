@@ -32,8 +32,16 @@ class BatchOutput:
     loss: float | None
 
 
-def run_model(model: AdaptedModel, encoded: Sequence[Encoded], *, batch_size: int, pad_id: int,
-              padding_side: str = "right", bf16: bool = False, keep_logits: bool = False) -> BatchOutput:
+def run_model(
+    model: AdaptedModel,
+    encoded: Sequence[Encoded],
+    *,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str = "right",
+    bf16: bool = False,
+    keep_logits: bool = False,
+) -> BatchOutput:
     """Forward ``encoded`` in length-sorted batches without gradients; results come back in input order."""
     predictions: list[Any] = [None] * len(encoded)
     logits_out: list[torch.Tensor] = []
@@ -51,7 +59,7 @@ def run_model(model: AdaptedModel, encoded: Sequence[Encoded], *, batch_size: in
             if "labels" in batch:
                 loss_sum += float(model.task.loss(logits, batch)) * len(items)
                 loss_n += len(items)
-            for i, pred in zip(indices, model.task.decode(logits, batch, items)):
+            for i, pred in zip(indices, model.task.decode(logits, batch, items), strict=True):
                 predictions[i] = pred
             if keep_logits:
                 for row, i in enumerate(indices):
@@ -78,8 +86,9 @@ class Predictor:
     [{'text': 'where is my parcel?', 'label': 'order_status', 'score': 0.97, 'scores': {...}}]
     """
 
-    def __init__(self, model: AdaptedModel, description: dict[str, Any], *, batch_size: int = 32,
-                 bf16: bool = False) -> None:
+    def __init__(
+        self, model: AdaptedModel, description: dict[str, Any], *, batch_size: int = 32, bf16: bool = False
+    ) -> None:
         self.model = model.eval()
         self.description = description
         self.labels = list(model.labels)
@@ -112,13 +121,21 @@ class Predictor:
 
     def encode(self, examples: Sequence[Any], *, with_labels: bool = False) -> list[Encoded]:
         labels = self.labels if with_labels else []
-        return [self.task.encode(ex if with_labels else _unlabelled(ex), self.tokenizer, labels, self.max_length)
-                for ex in examples]
+        return [
+            self.task.encode(ex if with_labels else _unlabelled(ex), self.tokenizer, labels, self.max_length)
+            for ex in examples
+        ]
 
     def _run(self, examples: Sequence[Any], *, with_labels: bool, keep_logits: bool) -> BatchOutput:
-        return run_model(self.model, self.encode(examples, with_labels=with_labels), batch_size=self.batch_size,
-                         pad_id=self.pad_id, padding_side=self.tokenizer.padding_side, bf16=self.bf16,
-                         keep_logits=keep_logits)
+        return run_model(
+            self.model,
+            self.encode(examples, with_labels=with_labels),
+            batch_size=self.batch_size,
+            pad_id=self.pad_id,
+            padding_side=self.tokenizer.padding_side,
+            bf16=self.bf16,
+            keep_logits=keep_logits,
+        )
 
     def predict(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
         """One JSON-ready prediction per input: label and scores, or entities with character offsets."""
@@ -126,7 +143,7 @@ class Predictor:
         if not examples:
             return []
         out = self._run(examples, with_labels=False, keep_logits=False)
-        return [self.task.to_output(ex, pred, self.labels) for ex, pred in zip(examples, out.predictions)]
+        return [self.task.to_output(ex, pred, self.labels) for ex, pred in zip(examples, out.predictions, strict=True)]
 
     def logits(self, items: Iterable[str | dict[str, Any]]) -> list[torch.Tensor]:
         """Raw logits per input: ``(num_labels,)`` for sequence tasks, ``(tokens, num_labels)`` for token tasks."""
@@ -162,8 +179,9 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
     desc = adapter.config
     run = RunConfig.model_validate({"method": desc["method"], "task": desc["task"]})
     base_desc = desc["base_model"]
-    model_cfg = ModelConfig(name_or_path=base or base_desc["name_or_path"], gguf_file=base_desc.get("gguf_file"),
-                            pooling=desc["pooling"])
+    model_cfg = ModelConfig(
+        name_or_path=base or base_desc["name_or_path"], gguf_file=base_desc.get("gguf_file"), pooling=desc["pooling"]
+    )
     backbone = load_backbone(model_cfg)
     found = fingerprint(backbone.model)
     if found != base_desc["fingerprint"]:

@@ -86,14 +86,20 @@ class AdapterFile:
 def save_adapter(folder: str | Path, tensors: dict[str, torch.Tensor], description: dict[str, Any]) -> Path:
     """Write an adapter folder; ``description`` becomes ``adapter_config.json`` (format fields are added)."""
     folder = Path(folder)
-    blob = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                  metadata={"format": "pt", "producer": FORMAT_NAME})
+    blob = save_safetensors_bytes(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"format": "pt", "producer": FORMAT_NAME},
+    )
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         **description,
-        "weights": {"file": WEIGHTS_FILE, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
-                    "tensors": len(tensors)},
+        "weights": {
+            "file": WEIGHTS_FILE,
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "tensors": len(tensors),
+        },
     }
     atomic_write_bytes(folder / WEIGHTS_FILE, blob)
     atomic_write_json(folder / CONFIG_FILE, config)

@@ -57,15 +57,17 @@ class AdaptedModel(nn.Module):
         expected = set(self.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise KeyError(f"adapter tensors do not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise KeyError(
+                f"adapter tensors do not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         with torch.no_grad():
             for key, tensor in state.items():
-                target = own[key[len("adapter."):]] if key.startswith("adapter.") else None
+                target = own[key[len("adapter.") :]] if key.startswith("adapter.") else None
                 if target is not None:
                     if target.shape != tensor.shape:
                         raise KeyError(f"tensor {key}: shape {tuple(tensor.shape)} != expected {tuple(target.shape)}")
                     target.copy_(tensor)
-        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        self.head.load_state_dict({k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")})
 
     def trainable(self) -> Iterator[nn.Parameter]:
         """Every parameter the optimiser updates: the method's and the head's."""

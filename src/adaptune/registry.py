@@ -7,8 +7,9 @@ its examples, the loss, the decoding of outputs and the metrics. The two never a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -58,7 +59,7 @@ def register_task(name: str, config_cls: type[BaseModel]) -> Callable[[T], T]:
 
 def _load_builtins() -> None:
     # Importing the packages runs their @register_* decorators.
-    import adaptune.methods  # noqa: F401
+    import adaptune.methods
     import adaptune.tasks  # noqa: F401
 
 

@@ -117,7 +117,9 @@ def role_modules(
         )
     blocks = transformer_blocks(model, anatomy)
     chosen = range(len(blocks)) if layers is None else _checked_layers(layers, len(blocks))
-    return [(f"{anatomy.layers}.{i}.{anatomy.roles[role]}", blocks[i].get_submodule(anatomy.roles[role])) for i in chosen]
+    return [
+        (f"{anatomy.layers}.{i}.{anatomy.roles[role]}", blocks[i].get_submodule(anatomy.roles[role])) for i in chosen
+    ]
 
 
 def _checked_layers(layers: list[int], count: int) -> list[int]:

@@ -21,9 +21,16 @@ def train_batches(
     if bucket:
         pool = batch_size * pool_batches
         lens = np.asarray(lengths)
-        order = np.concatenate(
-            [chunk[np.argsort(lens[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // pool)))]
-        ) if len(order) else order
+        order = (
+            np.concatenate(
+                [
+                    chunk[np.argsort(lens[chunk], kind="stable")]
+                    for chunk in np.array_split(order, max(1, -(-len(order) // pool)))
+                ]
+            )
+            if len(order)
+            else order
+        )
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     if bucket:
         batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -25,22 +25,40 @@ def report_tables(report: dict[str, Any], split: str, markdown: bool = False) ->
     return fmt(report, f"{split}: per class")
 
 
-def write_eval_report(out_dir: Path, split: str, path: str, result: EvalOutput, task: Task, examples: Sequence[Any],
-                      predictions: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:
+def write_eval_report(
+    out_dir: Path,
+    split: str,
+    path: str,
+    result: EvalOutput,
+    task: Task,
+    examples: Sequence[Any],
+    predictions: Sequence[Any],
+    labels: Sequence[str],
+) -> dict[str, Any]:
     """Write ``eval_<split>.json``, ``eval_<split>.txt``/``.md``, ``predictions_<split>.jsonl`` and, for
     single-label classification, ``confusion_<split>.png``. Returns the summary stored in ``results.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"json": f"eval_{split}.json", "table": f"eval_{split}.txt", "markdown": f"eval_{split}.md",
-             "predictions": f"predictions_{split}.jsonl"}
-    atomic_write_json(out_dir / files["json"], {"split": split, "path": path, "headline": result.headline,
-                                                "report": result.report})
+    files = {
+        "json": f"eval_{split}.json",
+        "table": f"eval_{split}.txt",
+        "markdown": f"eval_{split}.md",
+        "predictions": f"predictions_{split}.jsonl",
+    }
+    atomic_write_json(
+        out_dir / files["json"], {"split": split, "path": path, "headline": result.headline, "report": result.report}
+    )
     atomic_write_text(out_dir / files["table"], report_tables(result.report, split))
     atomic_write_text(out_dir / files["markdown"], report_tables(result.report, split, markdown=True))
-    lines = [json.dumps(task.to_output(ex, pred, labels), ensure_ascii=False) for ex, pred in zip(examples, predictions)]
+    pairs = zip(examples, predictions, strict=True)
+    lines = [json.dumps(task.to_output(ex, pred, labels), ensure_ascii=False) for ex, pred in pairs]
     atomic_write_text(out_dir / files["predictions"], "\n".join(lines) + "\n")
     confusion = result.report.get("confusion_matrix")
     if confusion is not None:
         files["confusion_png"] = f"confusion_{split}.png"
-        plot_confusion_matrix(confusion["matrix"], confusion["labels"], out_dir / files["confusion_png"],
-                              title=f"{split}: confusion matrix (rows: gold, normalised)")
+        plot_confusion_matrix(
+            confusion["matrix"],
+            confusion["labels"],
+            out_dir / files["confusion_png"],
+            title=f"{split}: confusion matrix (rows: gold, normalised)",
+        )
     return {"path": path, "headline": result.headline, "files": files}

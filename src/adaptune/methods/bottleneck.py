@@ -52,8 +52,15 @@ class BottleneckConfig(MethodConfig):
 class BottleneckAdapter(nn.Module):
     """``h -> h + W_up f(W_down h)``: input and output ``(..., d)``; ``d_bottleneck = d / reduction_factor``."""
 
-    def __init__(self, d: int, d_bottleneck: int, activation: str = "relu", residual: bool = True,
-                 dropout: float = 0.0, init_std: float = 1e-2) -> None:
+    def __init__(
+        self,
+        d: int,
+        d_bottleneck: int,
+        activation: str = "relu",
+        residual: bool = True,
+        dropout: float = 0.0,
+        init_std: float = 1e-2,
+    ) -> None:
         super().__init__()
         self.down = nn.Linear(d, d_bottleneck)
         self.act = ACTIVATIONS[activation]()

@@ -136,11 +136,15 @@ class SequenceClassification(Task[TextExample]):
         logits = logits.float()
         if self.config.multi_label:
             probs = torch.sigmoid(logits)
-            return [([int(i) for i in (row >= self.config.threshold).nonzero().flatten()], row.tolist()) for row in probs]
+            return [
+                ([int(i) for i in (row >= self.config.threshold).nonzero().flatten()], row.tolist()) for row in probs
+            ]
         probs = torch.softmax(logits, dim=-1)
         return [([int(row.argmax())], row.tolist()) for row in probs]
 
-    def evaluate(self, examples: Sequence[TextExample], predictions: Sequence[Any], labels: Sequence[str]) -> EvalOutput:
+    def evaluate(
+        self, examples: Sequence[TextExample], predictions: Sequence[Any], labels: Sequence[str]
+    ) -> EvalOutput:
         if self.config.multi_label:
             gold_sets = [set(ex.labels) for ex in examples]
             pred_sets = [{labels[i] for i in ids} for ids, _ in predictions]
@@ -160,7 +164,7 @@ class SequenceClassification(Task[TextExample]):
 
     def to_output(self, example: TextExample, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
         ids, probs = prediction
-        scores = {name: round(float(p), 6) for name, p in zip(labels, probs)}
+        scores = {name: round(float(p), 6) for name, p in zip(labels, probs, strict=True)}
         if self.config.multi_label:
             return {"text": example.text, "labels": [labels[i] for i in ids], "scores": scores}
         return {"text": example.text, "label": labels[ids[0]], "score": scores[labels[ids[0]]], "scores": scores}

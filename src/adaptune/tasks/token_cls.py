@@ -185,7 +185,7 @@ class TokenClassification(Task[TokenExample]):
         self, examples: Sequence[TokenExample], predictions: Sequence[Any], labels: Sequence[str]
     ) -> EvalOutput:
         gold = [list(ex.tags) for ex in examples]
-        pred = [self.word_tags(ex, p, labels) for ex, p in zip(examples, predictions)]
+        pred = [self.word_tags(ex, p, labels) for ex, p in zip(examples, predictions, strict=True)]
         scheme = self.scheme or normalise_scheme(detect_scheme(gold))
         report = entity_report(gold, pred, scheme)
         report["scheme"] = scheme
@@ -205,12 +205,13 @@ class TokenClassification(Task[TokenExample]):
         for kind, start, end in extract_entities(tags, self.scheme or "BIO"):
             char_start, char_end = example.offsets[start][0], example.offsets[end - 1][1]
             word_scores = [scores[i] for i in range(start, end) if i < len(scores)]
-            entities.append({
-                "type": kind,
-                "text": example.text[char_start:char_end],
-                "start": char_start,
-                "end": char_end,
-                "score": round(sum(word_scores) / max(1, len(word_scores)), 6),
-            })
+            entities.append(
+                {
+                    "type": kind,
+                    "text": example.text[char_start:char_end],
+                    "start": char_start,
+                    "end": char_end,
+                    "score": round(sum(word_scores) / max(1, len(word_scores)), 6),
+                }
+            )
         return {"text": example.text, "entities": entities, "tokens": list(example.tokens), "tags": tags}
-

@@ -56,7 +56,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
@@ -158,6 +160,6 @@ def load_checkpoint(
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = meta["rng"]["numpy"]
     np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), *npst[2:]))
-    trainable = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    trainable = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")} or None
     return Restored(LoopState(**meta["loop"]), trainable, best)

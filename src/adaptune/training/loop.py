@@ -56,8 +56,18 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Runs the loop for one :class:`AdaptedModel` on encoded training examples."""
 
-    def __init__(self, model: AdaptedModel, train: Sequence[Encoded], config: RunConfig, *, out_dir: Path,
-                 evaluate: Evaluator | None, metric: str, pad_id: int, padding_side: str = "right") -> None:
+    def __init__(
+        self,
+        model: AdaptedModel,
+        train: Sequence[Encoded],
+        config: RunConfig,
+        *,
+        out_dir: Path,
+        evaluate: Evaluator | None,
+        metric: str,
+        pad_id: int,
+        padding_side: str = "right",
+    ) -> None:
         self.model, self.train, self.config, self.out_dir = model, train, config, out_dir
         self.cfg = config.training
         self.evaluate, self.metric, self.pad_id, self.padding_side = evaluate, metric, pad_id, padding_side
@@ -75,8 +85,11 @@ class Trainer:
         self.last_eval: EvalOutput | None = None
         self.ckpt_root = out_dir / "checkpoints"
         self.fingerprint = config.fingerprint()
-        self.config_flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items()
-                            if k not in ("training.progress", "training.output_dir")}
+        self.config_flat = {
+            k: v
+            for k, v in flatten(config.model_dump(mode="json")).items()
+            if k not in ("training.progress", "training.output_dir")
+        }
 
     # -- resume ---------------------------------------------------------------------------------------------
     def resume(self, checkpoint: Path | None = None) -> bool:
@@ -84,16 +97,28 @@ class Trainer:
         folder = checkpoint or find_checkpoint(self.ckpt_root)
         if folder is None:
             return False
-        restored = load_checkpoint(folder, optimizer=self.optimizer, scheduler=self.scheduler,
-                                   config_fingerprint=self.fingerprint, config_flat=self.config_flat)
+        restored = load_checkpoint(
+            folder,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            config_fingerprint=self.fingerprint,
+            config_flat=self.config_flat,
+        )
         self.model.load_trainable_state(restored.trainable)
         self.state, self.best_state = restored.loop, restored.best
         return True
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.ckpt_root, loop=self.state, trainable=self.model.trainable_state(), best=self.best_state,
-                        optimizer=self.optimizer, scheduler=self.scheduler, config_fingerprint=self.fingerprint,
-                        config_flat=self.config_flat)
+        save_checkpoint(
+            self.ckpt_root,
+            loop=self.state,
+            trainable=self.model.trainable_state(),
+            best=self.best_state,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            config_fingerprint=self.fingerprint,
+            config_flat=self.config_flat,
+        )
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> FitResult:
@@ -115,8 +140,13 @@ class Trainer:
 
     def _epoch(self, log: MetricsLog, bar: ProgressBar) -> int:
         """Run the rest of the current epoch; returns the number of real (non-pad) tokens trained on."""
-        batches = train_batches(self.lengths, self.config.data.batch_size, seed=self.cfg.seed,
-                                epoch=self.state.epoch, bucket=self.config.data.bucket_by_length)
+        batches = train_batches(
+            self.lengths,
+            self.config.data.batch_size,
+            seed=self.cfg.seed,
+            epoch=self.state.epoch,
+            bucket=self.config.data.bucket_by_length,
+        )
         accum = self.cfg.grad_accum_steps
         self.model.train()
         tokens, window_tokens, window_loss, window_n, t_window = 0, 0, 0.0, 0, time.perf_counter()
@@ -126,7 +156,12 @@ class Trainer:
             batch = self.model.task.collate([self.train[i] for i in batches[index]], self.pad_id, self.padding_side)
             n_tokens = int(batch["attention_mask"].sum())
             loss = self._backward(batch, scale=1.0 / (group_end - group_first))
-            tokens, window_tokens, window_loss, window_n = tokens + n_tokens, window_tokens + n_tokens, window_loss + loss, window_n + 1
+            tokens, window_tokens, window_loss, window_n = (
+                tokens + n_tokens,
+                window_tokens + n_tokens,
+                window_loss + loss,
+                window_n + 1,
+            )
             self.state.batch_in_epoch = index + 1
             if index + 1 < group_end:
                 continue
@@ -134,8 +169,15 @@ class Trainer:
             speed = window_tokens / max(1e-9, time.perf_counter() - t_window)
             bar.update(self.state.step, window_loss / window_n, speed)
             if self.state.step % self.cfg.log_every == 0:
-                log.write({"step": self.state.step, "epoch": self._epoch_float(), "train_loss": window_loss / window_n,
-                           "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": speed})
+                log.write(
+                    {
+                        "step": self.state.step,
+                        "epoch": self._epoch_float(),
+                        "train_loss": window_loss / window_n,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "tokens_per_s": speed,
+                    }
+                )
                 window_tokens, window_loss, window_n, t_window = 0, 0.0, 0, time.perf_counter()
             last_of_epoch = index + 1 == len(batches)
             if last_of_epoch:
@@ -143,6 +185,7 @@ class Trainer:
             if self._eval_due(last_of_epoch):
                 self._evaluate(log, bar)
                 self.checkpoint()
+                window_tokens, window_loss, window_n, t_window = 0, 0.0, 0, time.perf_counter()
             if self.state.step >= self.total_steps or self.state.stopped_early:
                 break
         return tokens

