@@ -20,7 +20,7 @@ from adaptune.io import save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
-from adaptune.training.loop import Trainer
+from adaptune.training.loop import Trainer, seed_everything
 
 
 @dataclass
@@ -148,6 +148,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     labels = task.label_names(train_split.examples)
     dev = _read_split(task, cfg, "dev", backbone, labels, max_length)
     test = _read_split(task, cfg, "test", backbone, labels, max_length)
+    seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
     model = build_model(backbone, cfg.method, cfg.task, labels)
     model.task = task  # the task instance that read the data (it may have learned the tag scheme)
     notes = [

@@ -1,0 +1,90 @@
+"""Quality runs: train each named config on the full shared dataset and record the headline figures.
+
+    .venv/bin/python benchmarks/quality.py sst2_bottleneck sst2_head conll2003_bottleneck resume_ner_bottleneck
+
+Each name is ``configs/<name>.yaml``, run in its own process (so peak RSS is that run's). Records are upserted
+into ``benchmarks/results/quality.json`` (one per task/dataset/split/model/method/metric) and the table
+``benchmarks/results/quality.md`` is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+KEY = ("task", "dataset", "split", "model", "method", "metric")
+
+
+def run_one(name: str, overrides: list[str]) -> list[dict]:
+    """Train ``configs/<name>.yaml`` in this process and return its records."""
+    from adaptune import load_config, train
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"training.output_dir=runs/{name}", *overrides])
+    result = train(cfg)
+    dataset = Path(cfg.data.train or "").parent.name
+    splits = result.results["splits"]
+    split = "test" if "test" in splits else "dev"
+    metric = result.results["metric"]
+    command = " ".join([".venv/bin/python benchmarks/quality.py", name, *(f"--set {o}" for o in overrides)])
+    return [
+        {
+            "task": cfg.task.name,
+            "dataset": dataset,
+            "split": split,
+            "model": cfg.model.name_or_path,
+            "method": cfg.method.name,
+            "metric": "entity_f1" if metric == "f1" else metric,
+            "value": round(splits[split]["headline"][metric], 4),
+            "trainable_params": result.trainable_params,
+            "train_tokens_per_s": result.results["train_tokens_per_s"],
+            "peak_rss_mb": result.results["peak_rss_mb"],
+            "wall_s": result.results["wall_s"],
+            "command": command,
+        }
+    ]
+
+
+def upsert(records: list[dict]) -> None:
+    path = RESULTS / "quality.json"
+    existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    keys = {tuple(r[k] for k in KEY) for r in records}
+    merged = [r for r in existing if tuple(r[k] for k in KEY) not in keys] + records
+    merged.sort(key=lambda r: tuple(str(r[k]) for k in KEY))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = [
+        "| task | dataset | split | method | metric | value | trainable params | train tok/s | peak RSS MB | wall s |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['dataset']} | {r['split']} | {r['method']} | {r['metric']} | {r['value']:.4f} | "
+        f"{r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} |"
+        for r in merged
+    ]
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", help="config names under configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(run_one(args.names[0], args.overrides)))
+        return
+    for name in args.names:
+        cmd = [sys.executable, __file__, name, "--in-process", *(f"--set={o}" for o in args.overrides)]
+        proc = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+        records = json.loads(proc.stdout.strip().splitlines()[-1])
+        upsert(records)
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A run interrupted after a checkpoint and resumed ends with bitwise the same adapter as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptune import load_config, train
+from adaptune.config import RunConfig
+from adaptune.io import WEIGHTS_FILE
+from adaptune.training.checkpoint import CheckpointError
+from adaptune.training.loop import Trainer
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL between two optimiser steps."""
+
+
+def _config(model: Path, data: Path, out: Path, *extra: str) -> RunConfig:
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model}",
+            "method.name=bottleneck",
+            "method.reduction_factor=4",
+            "method.dropout=0.1",
+            f"data.train={data / 'train.jsonl'}",
+            f"data.dev={data / 'dev.jsonl'}",
+            "data.max_train_examples=96",
+            "data.max_eval_examples=24",
+            "data.batch_size=8",
+            "training.epochs=3",
+            "training.eval_every=5",
+            "training.grad_accum_steps=2",
+            "training.progress=false",
+            f"training.output_dir={out}",
+            *extra,
+        ],
+    )
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    original = Trainer._optimizer_step
+
+    def step_then_maybe_die(self: Trainer) -> None:
+        if self.state.step == step:
+            raise Killed
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_maybe_die)
+
+
+def test_resume_is_bitwise_exact(
+    tiny_bert: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bundled_data / "intents"
+    straight = train(_config(tiny_bert, data, tmp_path / "straight"))
+    _kill_at(monkeypatch, 12)  # after the checkpoint of step 10, mid-epoch, with accumulation and dropout
+    with pytest.raises(Killed):
+        train(_config(tiny_bert, data, tmp_path / "killed"))
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())["step"] == 10
+    resumed = train(_config(tiny_bert, data, tmp_path / "killed"), resume=True)
+    a, b = load_file(straight.adapter_dir / WEIGHTS_FILE), load_file(resumed.adapter_dir / WEIGHTS_FILE)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps), "the metrics log has no duplicated steps after resuming"
+
+
+def test_checkpoint_from_another_config_is_refused(tiny_bert: Path, bundled_data: Path, tmp_path: Path) -> None:
+    data = bundled_data / "intents"
+    train(_config(tiny_bert, data, tmp_path / "run", "training.max_steps=5"))
+    with pytest.raises(CheckpointError) as err:
+        train(_config(tiny_bert, data, tmp_path / "run", "training.max_steps=5", "training.seed=3"), resume=True)
+    assert "training.seed: 42 -> 3" in str(err.value)
