@@ -7,6 +7,7 @@ tag; words cut off by ``max_length`` are predicted ``O`` and still counted in ev
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -36,6 +37,12 @@ class TokenClsConfig(TaskConfig):
         "auto", description="Tag scheme of the data; 'auto' detects it from the training tags."
     )
     head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the tag classifier.")
+    invalid_tags: Literal["warn", "error"] = Field(
+        "warn",
+        description="A tag sequence that breaks the scheme (I- after O, a sentence ending inside an entity): "
+        "'warn' names the first places and trains on the tags as they are (real corpora have a few); "
+        "'error' stops at the first one.",
+    )
 
 
 class TokenHead(nn.Module):
@@ -101,10 +108,25 @@ class TokenClassification(Task[TokenExample]):
         if require_labels and examples:
             if self.scheme is None:
                 self.scheme = normalise_scheme(detect_scheme([ex.tags for ex in examples]))
-            for ex in examples:
-                file, _, line = ex.source.rpartition(":")
-                validate_tags(ex.tags, self.scheme, file=file or path, line=int(line) if line.isdigit() else None)
+            self._check_scheme(examples, path)
         return examples
+
+    def _check_scheme(self, examples: Sequence[TokenExample], path: str) -> None:
+        """Validate every tag sequence against the scheme; raise or warn as ``invalid_tags`` says."""
+        assert self.scheme is not None
+        problems: list[str] = []
+        for ex in examples:
+            file, _, line = ex.source.rpartition(":")
+            try:
+                validate_tags(ex.tags, self.scheme, file=file or path, line=int(line) if line.isdigit() else None)
+            except DataError as err:
+                if self.config.invalid_tags == "error":
+                    raise
+                problems.append(str(err))
+        if problems:
+            shown = "; ".join(problems[:3])
+            warnings.warn(f"{len(problems)} of {len(examples)} sentences break the {self.scheme} scheme "
+                          f"(set task.invalid_tags=error to stop on them): {shown}", stacklevel=2)
 
     def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
         if isinstance(item, str):
