@@ -13,7 +13,7 @@ import torch
 from adaptune import __version__
 from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import RunConfig
-from adaptune.errors import ConfigError
+from adaptune.errors import ConfigError, DataError
 from adaptune.evaluation.report import write_eval_report
 from adaptune.inference import Predictor, build_model, run_model
 from adaptune.io import save_adapter
@@ -56,7 +56,11 @@ def _read_split(
     examples = task.read(path, cfg.data, split=name)
     limit = cfg.data.max_train_examples if name == "train" else cfg.data.max_eval_examples
     examples = examples[:limit] if limit else examples
-    labels = labels if labels is not None else task.label_names(examples)
+    if labels is None:
+        try:
+            labels = task.label_names(examples)
+        except DataError as err:  # about the whole file (too few labels ...): say which file
+            raise (err if err.file else DataError(err.message, file=path, field=err.field)) from None
     task.check_labels(examples, labels, path)
     encoded = [task.encode(ex, backbone.tokenizer, labels, max_length) for ex in examples]
     return Split(name, path, examples, encoded, sum(e.truncated for e in encoded))

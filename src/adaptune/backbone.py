@@ -113,7 +113,7 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         model, loading = AutoModel.from_pretrained(
             where.path, config=hf_config, dtype=torch.float32, output_loading_info=True, **kwargs
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder without a usable config.json
         raise ConfigError(f"config key 'model.name_or_path' = {cfg.name_or_path!r}: cannot load it ({err})") from None
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # never used: pooling is ours (BERT's pooler is often untrained, and it costs time)

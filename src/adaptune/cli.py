@@ -105,7 +105,13 @@ def predict(
 def _read_inputs(source: str) -> list[str | dict[str, object]]:
     from adaptune.errors import DataError
 
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"cannot read the file: {err.strerror}", file=source) from None
+    except UnicodeDecodeError as err:
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise DataError(f"not UTF-8 (byte 0x{err.object[err.start]:02x})", file=source, line=line) from None
     items: list[str | dict[str, object]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from adaptune.errors import ConfigError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_NAMES = {"method": "bottleneck", "task": "seq_cls"}
 
 
 class StrictModel(BaseModel):
@@ -106,8 +107,8 @@ class RunConfig(StrictModel):
     """Everything that defines one training run."""
 
     model: ModelConfig = ModelConfig()
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({"name": "bottleneck"}))
-    task: SerializeAsAny[TaskConfig] = Field(default_factory=lambda: _task_config({"name": "seq_cls"}))
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({}))
+    task: SerializeAsAny[TaskConfig] = Field(default_factory=lambda: _task_config({}))
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
 
@@ -132,8 +133,9 @@ def _registered_config(kind: str, value: Any) -> Any:
 
     if isinstance(value, str):
         value = {"name": value}
-    if not isinstance(value, dict) or "name" not in value:
+    if not isinstance(value, dict):
         raise ConfigError(f"config key '{kind}' needs a mapping with a 'name', got {value!r}")
+    value = {"name": DEFAULT_NAMES[kind], **value}
     lookup = method_registration if kind == "method" else task_registration
     config_cls = lookup(str(value["name"])).config_cls
     try:
@@ -207,10 +209,22 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {assignment!r}: '{part}' is a value, not a section")
         node = child
+    node[parts[-1]] = parse_override_value(raw, assignment)
+
+
+def parse_override_value(raw: str, assignment: str = "") -> Any:
+    """Parse an override value as YAML (``3``, ``true``, ``null``, ``[a, b]``), except that a value starting
+    with a YAML indicator (``|``, ``>``, ``*``, ``&``, ``!``, ``%``, ``@``) is taken literally, so
+    ``data.label_separator=|`` means the character ``|``."""
+    text = raw.strip()
+    if not text:
+        return None
+    if text[0] in "|>*&!%@`":
+        return text
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
+        raise ConfigError(f"override {assignment or raw!r}: value is not valid YAML ({err})") from None
 
 
 def validate_config(tree: dict[str, Any]) -> RunConfig:

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from adaptune.backbone import Backbone, fingerprint, load_backbone
-from adaptune.config import DataConfig, ModelConfig, RunConfig
+from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
-from adaptune.errors import AdapterFileError, DataError
-from adaptune.io import AdapterFile, load_adapter
+from adaptune.errors import AdapterFileError, ConfigError, DataError
+from adaptune.io import CONFIG_FILE, AdapterFile, load_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput
@@ -177,12 +177,25 @@ def _unlabelled(example: Any) -> Any:
 def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> AdaptedModel:
     """Rebuild the trained model from an adapter file, checking that the base weights are the same."""
     desc = adapter.config
-    run = RunConfig.model_validate({"method": desc["method"], "task": desc["task"]})
+    config_path = adapter.path / CONFIG_FILE
     base_desc = desc["base_model"]
-    model_cfg = ModelConfig(
-        name_or_path=base or base_desc["name_or_path"], gguf_file=base_desc.get("gguf_file"), pooling=desc["pooling"]
-    )
-    backbone = load_backbone(model_cfg)
+    base_cfg = {
+        "name_or_path": base or base_desc["name_or_path"],
+        "gguf_file": base_desc.get("gguf_file"),
+        "pooling": desc["pooling"],
+    }
+    try:
+        run = validate_config({"method": desc["method"], "task": desc["task"], "model": base_cfg})
+        model_cfg = run.model
+    except ConfigError as err:  # e.g. a method this version does not know
+        raise AdapterFileError(f"{config_path} cannot be used by this adaptune: {err}") from None
+    try:
+        backbone = load_backbone(model_cfg)
+    except ConfigError as err:
+        raise AdapterFileError(
+            f"adapter {adapter.path} needs its base model '{model_cfg.name_or_path}', which cannot be loaded "
+            f"({err}); pass the base model's folder as base=..."
+        ) from None
     found = fingerprint(backbone.model)
     if found != base_desc["fingerprint"]:
         raise AdapterFileError(

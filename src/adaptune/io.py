@@ -126,7 +126,36 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
             f"{config_path} has format version {version!r}; this adaptune reads versions up to {FORMAT_VERSION}: "
             "upgrade adaptune"
         )
+    _check_fields(config, config_path)
     return config
+
+
+#: Fields a loader relies on, with their JSON types (``base_model`` and ``weights`` are checked one level down).
+_REQUIRED: dict[str, type] = {
+    "method": dict,
+    "task": dict,
+    "labels": list,
+    "base_model": dict,
+    "pooling": str,
+    "max_length": int,
+    "weights": dict,
+    "base_model.name_or_path": str,
+    "base_model.fingerprint": str,
+    "weights.file": str,
+    "weights.bytes": int,
+    "weights.sha256": str,
+}
+_JSON_TYPES = {dict: "JSON object", list: "list", str: "string", int: "integer"}
+
+
+def _check_fields(config: dict[str, Any], config_path: Path) -> None:
+    """Refuse a config that lacks a field the loader needs, naming the field."""
+    for key, kind in _REQUIRED.items():
+        parent, _, name = key.rpartition(".")
+        node = config[parent] if parent else config
+        value = node.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise AdapterFileError(f"{config_path}: field '{key}' is missing or not a {_JSON_TYPES[kind]}")
 
 
 def load_adapter(folder: str | Path) -> AdapterFile:

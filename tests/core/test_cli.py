@@ -60,8 +60,9 @@ def test_predict_bad_json_line(ner_adapter: Path, tmp_path: Path) -> None:
 
 
 def test_eval_writes_report(ner_adapter: Path, bundled_data: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["eval", str(ner_adapter), str(bundled_data / "ner" / "test.conll"),
-                                 "--out", str(tmp_path / "report")])
+    result = runner.invoke(
+        app, ["eval", str(ner_adapter), str(bundled_data / "ner" / "test.conll"), "--out", str(tmp_path / "report")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["f1"] >= 0
     assert (tmp_path / "report" / "eval_eval.json").is_file()

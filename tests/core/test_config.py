@@ -98,3 +98,18 @@ def test_every_bundled_config_validates() -> None:
     assert files
     for path in files:
         load_config(path)
+
+
+def test_override_values_are_yaml_except_indicators() -> None:
+    tree: dict = {}
+    for assignment in (
+        "data.label_separator=|",
+        "data.column_names=[a, b]",
+        "training.max_steps=null",
+        "training.bf16=true",
+        "model.name_or_path=>weird",
+    ):
+        apply_override(tree, assignment)
+    assert tree["data"] == {"label_separator": "|", "column_names": ["a", "b"]}
+    assert tree["training"] == {"max_steps": None, "bf16": True}
+    assert tree["model"]["name_or_path"] == ">weird"

@@ -174,3 +174,37 @@ def test_missing_adapter_and_missing_model(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterFileError, match="adapter_config.json is missing"):
         Predictor.load(tmp_path / "empty")
+
+
+def test_multi_label_and_text_pairs(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = [
+        ("refund please and the box was broken", "refund_request|complaint", "order A1"),
+        ("hello, where is my order", "greeting|order_status", "order B2"),
+        ("the parcel is late and I am angry", "order_status|complaint", "order C3"),
+        ("hi there", "greeting", "none"),
+    ] * 8
+    path = tmp_path / "multi.tsv"
+    path.write_text("text\tlabels\tcontext\n" + "".join(f"{t}\t{lab}\t{c}\n" for t, lab, c in rows), encoding="utf-8")
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert}",
+            "task.multi_label=true",
+            f"data.train={path}",
+            f"data.dev={path}",
+            "data.label_column=labels",
+            "data.label_separator=|",
+            "data.text_pair_column=context",
+            "training.epochs=2",
+            "training.progress=false",
+            f"training.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    run = train(cfg)
+    headline = run.results["splits"]["dev"]["headline"]
+    assert {"accuracy", "macro_f1", "micro_f1"} <= set(headline)
+    predictor = Predictor.load(run.adapter_dir)
+    assert predictor.labels == ["complaint", "greeting", "order_status", "refund_request"]
+    out = predictor.predict([{"text": "refund please", "text_pair": "order A1"}])[0]
+    assert isinstance(out["labels"], list) and set(out["scores"]) == set(predictor.labels)
+    assert all(0 <= p <= 1 for p in out["scores"].values())

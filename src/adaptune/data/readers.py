@@ -28,6 +28,7 @@ from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl
 from adaptune.data.formats.rows import (
     TextColumns,
     check_label_kinds,
+    check_label_spellings,
     text_example_from_row,
     token_example_from_row,
 )
@@ -151,8 +152,8 @@ def read_text_examples(
 
     Raises:
         DataError: for any problem in the data, naming file, line and field: a malformed row, a missing
-            column (listing those present), an empty text or label, labels mixing numbers and names, a file
-            that is not UTF-8 or is empty.
+            column (listing those present), an empty text or label, labels mixing numbers and names, label
+            names differing only in case or width, a file that is not UTF-8 or is empty.
         ConfigError: for an unknown ``format``, or ``column_names`` with a format other than csv/tsv.
     """
     path = Path(path)
@@ -168,8 +169,9 @@ def read_text_examples(
     if not examples:
         raise DataError("no examples found", file=str(path))
     if label_column is not None:
-        labelled = zip((row.location for row in rows), (example.labels for example in examples), strict=True)
+        labelled = list(zip((row.location for row in rows), (example.labels for example in examples), strict=True))
         check_label_kinds(labelled, label_column)
+        check_label_spellings(labelled, label_column)
     return examples
 
 

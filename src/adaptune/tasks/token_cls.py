@@ -125,8 +125,11 @@ class TokenClassification(Task[TokenExample]):
                 problems.append(str(err))
         if problems:
             shown = "; ".join(problems[:3])
-            warnings.warn(f"{len(problems)} of {len(examples)} sentences break the {self.scheme} scheme "
-                          f"(set task.invalid_tags=error to stop on them): {shown}", stacklevel=2)
+            warnings.warn(
+                f"{len(problems)} of {len(examples)} sentences break the {self.scheme} scheme "
+                f"(set task.invalid_tags=error to stop on them): {shown}",
+                stacklevel=2,
+            )
 
     def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
         if isinstance(item, str):

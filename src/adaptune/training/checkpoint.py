@@ -125,9 +125,28 @@ def find_checkpoint(root: Path) -> Path | None:
         return None
     try:
         name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{pointer} is corrupt: {err}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{pointer} is corrupt: {type(err).__name__}: {err}") from None
+    if not isinstance(name, str) or not name.startswith("step-"):
+        raise CheckpointError(f"{pointer} is corrupt: 'checkpoint' is {name!r}, not a step-N folder name")
     return root / name
+
+
+_META_KEYS = ("loop", "optimizer", "scheduler", "rng", "config_fingerprint", "tensors_sha256")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """Read a checkpoint's ``state.json``; a :class:`CheckpointError` naming it when unreadable or incomplete."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
+    missing = [key for key in _META_KEYS if key not in meta] if isinstance(meta, dict) else list(_META_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is corrupt: it lacks {', '.join(missing)}")
+    return meta  # type: ignore[no-any-return]
 
 
 def load_checkpoint(
@@ -140,12 +159,12 @@ def load_checkpoint(
 ) -> Restored:
     """Verify and read a checkpoint; restore optimiser, scheduler and RNG states in place."""
     meta_path, blob_path = folder / "state.json", folder / "state.safetensors"
+    meta = _read_meta(meta_path)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         blob = blob_path.read_bytes()
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {folder} cannot be read: {err}") from None
-    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+    except OSError as err:
+        raise CheckpointError(f"{blob_path} cannot be read: {err.strerror}") from None
+    if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
         raise CheckpointError(f"{blob_path} is corrupt or truncated (SHA-256 differs from {meta_path})")
     if meta["config_fingerprint"] != config_fingerprint:
         saved = meta.get("config", {})

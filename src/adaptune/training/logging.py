@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from adaptune.io import atomic_write_text
+
 
 class MetricsLog:
     """Append-only JSONL of training records; on resume, records after the resumed step are dropped."""
@@ -26,8 +28,7 @@ class MetricsLog:
                     continue  # a line cut by the crash
                 if record.get("step", 0) <= resume_step:
                     self.records.append(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))  # a kill keeps the old log
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)

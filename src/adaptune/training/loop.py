@@ -21,6 +21,7 @@ import torch
 
 from adaptune.config import RunConfig, flatten
 from adaptune.data.batching import train_batches
+from adaptune.errors import ConfigError
 from adaptune.model import AdaptedModel
 from adaptune.tasks.base import Encoded, EvalOutput
 from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
@@ -224,6 +225,10 @@ class Trainer:
             result = self.evaluate(self.model)
         self.model.train()
         self.last_eval = result
+        if self.metric not in result.headline:
+            raise ConfigError(
+                f"config key 'training.metric' = {self.metric!r}: the task reports {', '.join(result.headline)}"
+            )
         value = result.headline[self.metric]
         if self.metric.endswith("loss"):
             value = -value  # lower is better; stored negated so "greater is better" holds everywhere

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,7 @@ def _label_strings(value: Any, location: Location, name: str, separator: str | N
     """Normalise a label cell to a tuple of label strings.
 
     ``None`` is no label, a list holds several, and a string is split on ``separator`` when one is given.
-    Empty parts are dropped, so an empty cell gives ``()``.
+    Empty parts are dropped, so an empty cell gives ``()``, and a label given twice in one cell counts once.
     """
     if value is None:
         return ()
@@ -77,7 +78,7 @@ def _label_strings(value: Any, location: Location, name: str, separator: str | N
         labels = [part.strip() for part in value.split(separator)]
     else:
         labels = [_scalar_label(value, location, name)]
-    return tuple(label for label in labels if label)
+    return tuple(dict.fromkeys(label for label in labels if label))
 
 
 def text_example_from_row(row: Row, columns: TextColumns) -> TextExample:
@@ -223,5 +224,27 @@ def check_label_kinds(items: Iterable[tuple[Location, Sequence[str]]], field: st
                 message = (
                     f"the labels mix numbers and names: '{label}' here, but '{first[1]}' at line "
                     f"{first[2].line}; use one kind for the whole column"
+                )
+                raise location.error(message, field=field)
+
+
+def check_label_spellings(items: Iterable[tuple[Location, Sequence[str]]], field: str) -> None:
+    """Reject label names that differ only in case or Unicode width (``"Refund"``, ``"refund"``, ``"ｒｅｆｕｎｄ"``).
+
+    Such names would train as separate classes, which is almost never meant. Surrounding whitespace is already
+    stripped by the readers, so ``"refund "`` and ``"refund"`` are the same label.
+
+    Raises:
+        DataError: at the first label whose folded form (NFKC, case-folded) matches a differently spelt earlier
+            one, naming both and the line of the earlier one.
+    """
+    seen: dict[str, tuple[str, Location]] = {}
+    for location, labels in items:
+        for label in labels:
+            first, where = seen.setdefault(unicodedata.normalize("NFKC", label).casefold(), (label, location))
+            if first != label:
+                message = (
+                    f"label '{label}' differs from '{first}' (line {where.line}) only in case or width, so the two "
+                    "would train as separate classes; spell them the same way"
                 )
                 raise location.error(message, field=field)
