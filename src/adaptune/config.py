@@ -252,7 +252,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _resolve_relative_paths(tree, path.parent)
     for assignment in overrides:
         apply_override(tree, assignment)
-    return validate_config(tree)
+    try:
+        return validate_config(tree)
+    except ConfigError as err:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}{' with --set overrides' if overrides else ''}: {err}") from None
 
 
 def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:

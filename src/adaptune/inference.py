@@ -121,10 +121,9 @@ class Predictor:
 
     def encode(self, examples: Sequence[Any], *, with_labels: bool = False) -> list[Encoded]:
         labels = self.labels if with_labels else []
-        return [
-            self.task.encode(ex if with_labels else _unlabelled(ex), self.tokenizer, labels, self.max_length)
-            for ex in examples
-        ]
+        task = self.task
+        items = examples if with_labels else [task.without_labels(ex) for ex in examples]
+        return [task.encode(ex, self.tokenizer, labels, self.max_length) for ex in items]
 
     def _run(self, examples: Sequence[Any], *, with_labels: bool, keep_logits: bool) -> BatchOutput:
         return run_model(
@@ -164,14 +163,6 @@ class Predictor:
         data = self.data.model_copy(update=data_overrides)
         examples = self.task.read(str(path), data, split="test")
         return self.evaluate_examples(examples, str(path))[0]
-
-
-def _unlabelled(example: Any) -> Any:
-    """The example without gold labels (so encoding never needs the label set)."""
-    from dataclasses import replace
-
-    field = "labels" if hasattr(example, "labels") else "tags"
-    return replace(example, **{field: ()})
 
 
 def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> AdaptedModel:

@@ -98,3 +98,14 @@ def test_head_only_owns_nothing(tiny_bert: Path) -> None:
     method = _method(name="head")
     method.attach(backbone.model, _ctx(backbone))
     assert method.owned_parameters(backbone.model) == {}
+
+
+def test_pooling_is_read_from_sentence_transformers_config(tiny_bert: Path, tmp_path: Path) -> None:
+    from adaptune.backbone import read_pooling
+
+    assert read_pooling(str(tiny_bert), is_decoder=False) == "cls", "a plain BERT folder: CLS"
+    assert read_pooling(str(tiny_bert), is_decoder=True) == "last"
+    (tmp_path / "2_Pool").mkdir()
+    (tmp_path / "modules.json").write_text('[{"path": "2_Pool", "type": "sentence_transformers.models.Pooling"}]')
+    (tmp_path / "2_Pool" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    assert read_pooling(str(tmp_path), is_decoder=False) == "max"

@@ -32,8 +32,9 @@ def _run(tmp: Path, model: Path, data: Path, task: str, ext: str, *extra: str) -
             "data.max_eval_examples=40",
             "data.batch_size=16",
             "data.max_length=64",
-            "training.epochs=4",
-            "training.learning_rate=0.005",
+            "model.pooling=mean",
+            "training.epochs=6",
+            "training.learning_rate=0.05",
             "training.log_every=1",
             "training.progress=false",
             f"training.output_dir={tmp}",
@@ -97,7 +98,7 @@ def test_adapter_config_describes_itself(intents_run: TrainResult) -> None:
     assert desc["task"]["name"] == "seq_cls"
     assert len(desc["labels"]) == 10 and "refund_request" in desc["labels"]
     assert desc["base_model"]["fingerprint"] and desc["base_model"]["model_type"] == "bert"
-    assert desc["pooling"] == "cls"  # a plain BERT folder says nothing about pooling
+    assert desc["pooling"] == "mean"
     assert desc["weights"]["bytes"] == (intents_run.adapter_dir / WEIGHTS_FILE).stat().st_size
 
 

@@ -73,9 +73,24 @@ class Task(ABC, Generic[E]):
     def label_names(self, examples: Sequence[E]) -> list[str]:
         """The label set, taken from training examples, in a stable order."""
 
+    #: Name of the gold-label field in error messages.
+    label_field: str = "label"
+
     @abstractmethod
+    def gold(self, example: E) -> Sequence[str]:
+        """The gold label names of an example (one, several, or one tag per token); empty when unlabelled."""
+
+    @abstractmethod
+    def without_labels(self, example: E) -> E:
+        """The example with its gold labels removed (prediction never looks at them)."""
+
     def check_labels(self, examples: Sequence[E], labels: Sequence[str], path: str) -> None:
-        """Raise a :class:`DataError` for a label that training never saw."""
+        """Raise a :class:`DataError` naming file, line and field for a label that training never saw."""
+        known = set(labels)
+        for ex in examples:
+            for label in self.gold(ex):
+                if label not in known:
+                    raise unknown_label_error(label, getattr(ex, "source", ""), path, labels, self.label_field)
 
     @abstractmethod
     def encode(self, example: E, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int) -> Encoded:

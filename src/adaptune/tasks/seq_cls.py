@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -17,7 +18,7 @@ from adaptune.data.records import TextExample
 from adaptune.errors import DataError
 from adaptune.evaluation.metrics import classification_report, confusion, multilabel_report
 from adaptune.registry import register_task
-from adaptune.tasks.base import Encoded, EvalOutput, Task, ordered_labels, unknown_label_error
+from adaptune.tasks.base import Encoded, EvalOutput, Task, ordered_labels
 from adaptune.tasks.pooling import pool
 
 
@@ -88,12 +89,11 @@ class SequenceClassification(Task[TextExample]):
                 )
         return labels
 
-    def check_labels(self, examples: Sequence[TextExample], labels: Sequence[str], path: str) -> None:
-        known = set(labels)
-        for ex in examples:
-            for label in ex.labels:
-                if label not in known:
-                    raise unknown_label_error(label, ex.source, path, labels, "label")
+    def gold(self, example: TextExample) -> Sequence[str]:
+        return example.labels
+
+    def without_labels(self, example: TextExample) -> TextExample:
+        return replace(example, labels=())
 
     def encode(
         self, example: TextExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int

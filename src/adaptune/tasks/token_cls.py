@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -24,7 +25,7 @@ from adaptune.errors import DataError
 from adaptune.evaluation.metrics import entity_report, token_report
 from adaptune.evaluation.tagging import detect_scheme, extract_entities, normalise_scheme, validate_tags
 from adaptune.registry import register_task
-from adaptune.tasks.base import Encoded, EvalOutput, Task, unknown_label_error
+from adaptune.tasks.base import Encoded, EvalOutput, Task
 
 IGNORE = -100
 
@@ -148,12 +149,13 @@ class TokenClassification(Task[TokenExample]):
             raise DataError("the training data has no entity tags (only 'O'); nothing to learn")
         return tag_order(tags)
 
-    def check_labels(self, examples: Sequence[TokenExample], labels: Sequence[str], path: str) -> None:
-        known = set(labels)
-        for ex in examples:
-            for tag in ex.tags:
-                if tag not in known:
-                    raise unknown_label_error(tag, ex.source, path, labels, "tag")
+    label_field = "tag"
+
+    def gold(self, example: TokenExample) -> Sequence[str]:
+        return example.tags
+
+    def without_labels(self, example: TokenExample) -> TokenExample:
+        return replace(example, tags=())
 
     def encode(
         self, example: TokenExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int

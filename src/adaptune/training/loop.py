@@ -47,6 +47,28 @@ class FitResult:
         return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
+@dataclass
+class Window:
+    """Running totals since the last log line: real (non-pad) tokens, summed batch losses, compute seconds."""
+
+    tokens: int = 0
+    loss: float = 0.0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def add(self, tokens: int, loss: float, seconds: float) -> None:
+        self.tokens, self.loss = self.tokens + tokens, self.loss + loss
+        self.batches, self.seconds = self.batches + 1, self.seconds + seconds
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(1, self.batches)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch."""
     random.seed(seed)
@@ -85,6 +107,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_eval: EvalOutput | None = None
         self.ckpt_root = out_dir / "checkpoints"
+        self.train_tokens, self.train_seconds = 0, 0.0
         self.fingerprint = config.fingerprint()
         self.config_flat = {
             k: v
@@ -128,19 +151,17 @@ class Trainer:
         self.model.mark_trainable()
         resumed = self.resume() if resume else False
         log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.state.step if resumed else None)
-        tokens, seconds = 0, 0.0
         with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as bar:
             if resumed:
                 bar.message(f"resumed from step {self.state.step}")
             while self.state.step < self.total_steps and not self.state.stopped_early:
-                t0 = time.perf_counter()
-                done = self._epoch(log, bar)
-                seconds += time.perf_counter() - t0
-                tokens += done
-        return FitResult(self.state, self.best_state, self.last_eval, self.metric, tokens, seconds)
+                self._epoch(log, bar)
+        return FitResult(
+            self.state, self.best_state, self.last_eval, self.metric, self.train_tokens, self.train_seconds
+        )
 
-    def _epoch(self, log: MetricsLog, bar: ProgressBar) -> int:
-        """Run the rest of the current epoch; returns the number of real (non-pad) tokens trained on."""
+    def _epoch(self, log: MetricsLog, bar: ProgressBar) -> None:
+        """Run the rest of the current epoch (or until the last step, or early stopping)."""
         batches = train_batches(
             self.lengths,
             self.config.data.batch_size,
@@ -150,46 +171,46 @@ class Trainer:
         )
         accum = self.cfg.grad_accum_steps
         self.model.train()
-        tokens, window_tokens, window_loss, window_n, t_window = 0, 0, 0.0, 0, time.perf_counter()
+        window = Window()
         for index in range(self.state.batch_in_epoch, len(batches)):
             group_first = index - index % accum
             group_end = min(len(batches), group_first + accum)
+            started = time.perf_counter()
             batch = self.model.task.collate([self.train[i] for i in batches[index]], self.pad_id, self.padding_side)
-            n_tokens = int(batch["attention_mask"].sum())
             loss = self._backward(batch, scale=1.0 / (group_end - group_first))
-            tokens, window_tokens, window_loss, window_n = (
-                tokens + n_tokens,
-                window_tokens + n_tokens,
-                window_loss + loss,
-                window_n + 1,
-            )
             self.state.batch_in_epoch = index + 1
+            if index + 1 == group_end:
+                self._optimizer_step()
+            window.add(int(batch["attention_mask"].sum()), loss, time.perf_counter() - started)
             if index + 1 < group_end:
                 continue
-            self._optimizer_step()
-            speed = window_tokens / max(1e-9, time.perf_counter() - t_window)
-            bar.update(self.state.step, window_loss / window_n, speed)
+            bar.update(self.state.step, window.mean_loss, window.tokens_per_s)
             if self.state.step % self.cfg.log_every == 0:
                 log.write(
                     {
                         "step": self.state.step,
                         "epoch": self._epoch_float(),
-                        "train_loss": window_loss / window_n,
+                        "train_loss": window.mean_loss,
                         "lr": self.scheduler.get_last_lr()[0],
-                        "tokens_per_s": speed,
+                        "tokens_per_s": window.tokens_per_s,
                     }
                 )
-                window_tokens, window_loss, window_n, t_window = 0, 0.0, 0, time.perf_counter()
+                self._account(window)
+                window = Window()
             last_of_epoch = index + 1 == len(batches)
             if last_of_epoch:
                 self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
             if self._eval_due(last_of_epoch):
                 self._evaluate(log, bar)
                 self.checkpoint()
-                window_tokens, window_loss, window_n, t_window = 0, 0.0, 0, time.perf_counter()
             if self.state.step >= self.total_steps or self.state.stopped_early:
                 break
-        return tokens
+        self._account(window)
+
+    def _account(self, window: Window) -> None:
+        """Add a window's tokens and compute time (evaluation and checkpoints excluded) to the run totals."""
+        self.train_tokens += window.tokens
+        self.train_seconds += window.seconds
 
     def _backward(self, batch: dict[str, torch.Tensor], scale: float) -> float:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
