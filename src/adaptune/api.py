@@ -15,12 +15,24 @@ from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import RunConfig
 from adaptune.errors import ConfigError, DataError
 from adaptune.evaluation.report import write_eval_report
-from adaptune.inference import Predictor, build_model, run_model
+from adaptune.inference import Predictor, run_model
 from adaptune.io import save_adapter
 from adaptune.model import AdaptedModel
-from adaptune.registry import build_task
+from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
 from adaptune.training.loop import Trainer, seed_everything
+
+#: Data settings stored with an adapter so that ``adaptune eval`` reads files the way training did.
+READ_OPTIONS = {
+    "format",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "label_separator",
+    "column_names",
+    "token_column",
+    "tag_column",
+}
 
 
 @dataclass
@@ -66,6 +78,21 @@ def _read_split(
     return Split(name, path, examples, encoded, sum(e.truncated for e in encoded))
 
 
+def vocabulary_notes(split: Split, backbone: Backbone, threshold: float = 0.02) -> list[str]:
+    """A note when many training tokens are unknown to the tokenizer (e.g. Chinese text on an English model)."""
+    unk = backbone.tokenizer.unk_token_id
+    if unk is None:
+        return []
+    total = sum(len(e.input_ids) for e in split.encoded)
+    unknown = sum(e.input_ids.count(unk) for e in split.encoded)
+    if not total or unknown / total < threshold:
+        return []
+    return [
+        f"{unknown / total:.1%} of the training tokens are unknown to the tokenizer of {backbone.name} "
+        f"({backbone.tokenizer.unk_token}); a model whose vocabulary covers this language will do better"
+    ]
+
+
 def effective_max_length(requested: int, backbone: Backbone) -> int:
     """``data.max_length``, capped by what the model's position embeddings allow."""
     limit = backbone.max_positions or requested
@@ -90,9 +117,7 @@ def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[E
     return result, out.predictions
 
 
-def _describe(
-    cfg: RunConfig, model: AdaptedModel, base_fp: str, base_params: int, max_length: int, metrics: dict[str, Any]
-) -> dict[str, Any]:
+def _describe(cfg: RunConfig, model: AdaptedModel, prep: Prepared, metrics: dict[str, Any]) -> dict[str, Any]:
     info = model.info
     return {
         "adaptune_version": __version__,
@@ -105,72 +130,83 @@ def _describe(
             "gguf_file": cfg.model.gguf_file,
             "model_type": info.model_type,
             "hidden_size": info.hidden_size,
-            "fingerprint": base_fp,
+            "fingerprint": prep.base_fingerprint,
         },
         "pooling": info.pooling,
-        "max_length": max_length,
-        "data": cfg.data.model_dump(
-            mode="json",
-            include={
-                "format",
-                "text_column",
-                "text_pair_column",
-                "label_column",
-                "label_separator",
-                "column_names",
-                "token_column",
-                "tag_column",
-            },
-        ),
+        "max_length": prep.max_length,
+        "data": cfg.data.model_dump(mode="json", include=READ_OPTIONS),
         "params": {
             "trainable": sum(p.numel() for p in model.trainable()),
             "method": sum(p.numel() for p in model.adapter_parameters().values()),
             "head": sum(p.numel() for p in model.head.parameters()),
-            "base": base_params,
+            "base": prep.base_params,
         },
         "metrics": metrics,
     }
+
+
+@dataclass
+class Prepared:
+    """Everything read and built before training starts."""
+
+    task: Task
+    backbone: Backbone
+    base_fingerprint: str
+    base_params: int
+    max_length: int
+    labels: list[str]
+    splits: dict[str, Split]
+    notes: list[str]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load the base model, read and encode every split, take the labels from the training data."""
+    if cfg.data.train is None:
+        raise ConfigError("config key 'data.train' is required for training")
+    task = build_task(cfg.task)
+    backbone = load_backbone(cfg.model)
+    max_length = effective_max_length(cfg.data.max_length, backbone)
+    train_split = _read_split(task, cfg, "train", backbone, None, max_length)
+    assert train_split is not None
+    labels = task.label_names(train_split.examples)
+    splits = {"train": train_split}
+    for name in ("dev", "test"):
+        split = _read_split(task, cfg, name, backbone, labels, max_length)
+        if split is not None:
+            splits[name] = split
+    notes = [
+        f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
+        for s in splits.values()
+        if s.truncated
+    ]
+    notes += vocabulary_notes(train_split, backbone)
+    base_params = sum(p.numel() for p in backbone.model.parameters())
+    return Prepared(task, backbone, fingerprint(backbone.model), base_params, max_length, labels, splits, notes)
 
 
 def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     """Train, keep the best weights on dev, save the adapter, evaluate on dev and test, write reports."""
     started = time.perf_counter()
     cfg = config
-    if cfg.data.train is None:
-        raise ConfigError("config key 'data.train' is required for training")
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     out_dir = Path(cfg.training.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = build_task(cfg.task)
-    backbone = load_backbone(cfg.model)
-    base_fp = fingerprint(backbone.model)
-    base_params = sum(p.numel() for p in backbone.model.parameters())
-    max_length = effective_max_length(cfg.data.max_length, backbone)
-    train_split = _read_split(task, cfg, "train", backbone, None, max_length)
-    assert train_split is not None
-    labels = task.label_names(train_split.examples)
-    dev = _read_split(task, cfg, "dev", backbone, labels, max_length)
-    test = _read_split(task, cfg, "test", backbone, labels, max_length)
+    prep = prepare(cfg)
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
-    model = build_model(backbone, cfg.method, cfg.task, labels)
-    model.task = task  # the task instance that read the data (it may have learned the tag scheme)
-    notes = [
-        f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
-        for s in (train_split, dev, test)
-        if s is not None and s.truncated
-    ]
-    metric = cfg.training.metric if cfg.training.metric != "auto" else task.default_metric
-    evaluator = (lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None
+    model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels)
+    metric = cfg.training.metric if cfg.training.metric != "auto" else prep.task.default_metric
+    dev = prep.splits.get("dev")
+    tokenizer = prep.backbone.tokenizer
     trainer = Trainer(
         model,
-        train_split.encoded,
+        prep.splits["train"].encoded,
         cfg,
         out_dir=out_dir,
-        evaluate=evaluator,
+        evaluate=(lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None,
         metric=metric,
-        pad_id=int(backbone.tokenizer.pad_token_id),
-        padding_side=backbone.tokenizer.padding_side,
+        pad_id=int(tokenizer.pad_token_id),
+        padding_side=tokenizer.padding_side,
     )
     fit = trainer.fit(resume=resume)
     if fit.best_state is not None:
@@ -180,23 +216,20 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
         "best_step": fit.loop.best_step,
         "steps": fit.loop.step,
         "stopped_early": fit.loop.stopped_early,
-        "notes": notes,
+        "notes": prep.notes,
         "splits": {},
     }
-    for split in (dev, test):
-        if split is not None:
-            result, predictions = evaluate_split(model, split, cfg)
-            results["splits"][split.name] = write_eval_report(
-                out_dir, split.name, split.path, result, model.task, split.examples, predictions, model.labels
-            )
+    for split in (s for name, s in prep.splits.items() if name != "train"):
+        result, predictions = evaluate_split(model, split, cfg)
+        results["splits"][split.name] = write_eval_report(
+            out_dir, split.name, split.path, result, model.task, split.examples, predictions, model.labels
+        )
     headline = {name: r["headline"] for name, r in results["splits"].items()}
-    adapter_dir = save_adapter(
-        out_dir / "adapter", model.trainable_state(), _describe(cfg, model, base_fp, base_params, max_length, headline)
-    )
+    adapter_dir = save_adapter(out_dir / "adapter", model.trainable_state(), _describe(cfg, model, prep, headline))
     results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
     write_run_summary(out_dir, cfg, results, trainer)
     return TrainResult(
-        out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], notes
+        out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], prep.notes
     )
 
 

@@ -177,6 +177,8 @@ def demo(
         _fail(err)
         return
     typer.echo((result.output_dir / result.results["splits"]["test"]["files"]["table"]).read_text(encoding="utf-8"))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     for output in outputs:
         typer.echo(f"{output['label']:>16}  {output['score']:.3f}  {output['text']}")
     typer.echo(f"adapter: {result.adapter_dir}")
