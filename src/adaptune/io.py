@@ -88,7 +88,7 @@ def save_adapter(folder: str | Path, tensors: dict[str, torch.Tensor], descripti
     folder = Path(folder)
     blob = save_safetensors_bytes(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"format": "pt", "producer": FORMAT_NAME},
+        metadata={"format": "pt"},
     )
     config = {
         "format": FORMAT_NAME,
