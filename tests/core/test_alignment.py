@@ -25,7 +25,7 @@ def word_id_sequences(draw: st.DrawFn) -> tuple[list[int | None], int]:
     ids: list[int | None] = [None]
     for word, count in enumerate(counts):
         ids += [word] * count
-    return ids + [None], n_words
+    return [*ids, None], n_words
 
 
 @given(word_id_sequences())
