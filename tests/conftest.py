@@ -40,6 +40,22 @@ def other_tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random GPT-2 (hidden 32, 2 layers): fused ``c_attn``, ``Conv1D`` weights."""
+    from tiny import make_tiny_gpt2
+
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random Llama (hidden 32, 2 layers, grouped-query attention with 1 key/value head)."""
+    from tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
 def bundled_data() -> Path:
     """The package's own demo data (bilingual intents and NER)."""
     return Path(__file__).resolve().parents[1] / "src" / "adaptune" / "resources" / "data"

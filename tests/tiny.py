@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 
 def minilm_dir() -> Path:
@@ -48,5 +48,16 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
         max_position_embeddings=128,
     )
     LlamaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer GPT-2 (hidden 32) with MiniLM's WordPiece vocab: exercises the fused ``c_attn`` and the
+    transposed ``Conv1D`` weights."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    GPT2Model(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

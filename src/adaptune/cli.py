@@ -153,6 +153,24 @@ def info(adapter: Annotated[Path, typer.Argument(help="Adapter folder.")]) -> No
 
 
 @app.command()
+def merge(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder (lora, ia3, bitfit or head).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the merged transformers model, tokenizer and head.")],
+    base: Annotated[str | None, typer.Option(help="Base model folder, if not where the adapter says.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Fold the adapter into its base model and write a plain transformers folder (safetensors) plus the head."""
+    from adaptune.export import merge_to_hf
+
+    try:
+        folder = merge_to_hf(adapter, out, base=base, overwrite=overwrite)
+    except AdaptuneError as err:
+        _fail(err)
+        return
+    typer.echo(f"merged model: {folder} (AutoModel.from_pretrained; head in head.safetensors, head_config.json)")
+
+
+@app.command()
 def demo(
     output_dir: Annotated[str, typer.Option(help="Where the run goes.")] = "runs/intents",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,

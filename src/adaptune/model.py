@@ -29,7 +29,14 @@ class AdaptedModel(nn.Module):
         self.method = method
         self.task = task
         self.labels = labels
-        ctx = AttachContext(backbone.model_type, backbone.anatomy, backbone.hidden_size, backbone.num_layers)
+        ctx = AttachContext(
+            backbone.model_type,
+            backbone.anatomy,
+            backbone.hidden_size,
+            backbone.num_layers,
+            is_decoder=backbone.is_decoder,
+            tokenizer=backbone.tokenizer,
+        )
         method.attach(self.backbone, ctx)
         self.head = task.build_head(backbone.hidden_size, len(labels), backbone.pooling)
 

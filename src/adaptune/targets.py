@@ -8,10 +8,17 @@ the module names; an architecture missing here still works when the user names t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
 from adaptune.errors import ConfigError
+
+#: Role names a method config may ask for (``qkv``: a fused query/key/value projection, as GPT-2's ``c_attn``).
+Role = Literal["query", "key", "value", "qkv", "attn_out", "ffn_in", "ffn_gate", "ffn_out"]
+
+#: Where an architecture computes a role only inside a fused projection, that projection stands in for it.
+FUSED_ROLES: dict[str, str] = {"query": "qkv", "key": "qkv", "value": "qkv"}
 
 
 @dataclass(frozen=True)
@@ -142,3 +149,49 @@ def modules_by_suffix(model: nn.Module, suffixes: list[str]) -> list[tuple[str, 
     if not found:
         raise ConfigError(f"config key 'method.target_modules' = {suffixes}: no module of the model matches")
     return found
+
+
+def select_targets(
+    model: nn.Module,
+    anatomy: Anatomy | None,
+    model_type: str,
+    *,
+    roles: list[str],
+    target_modules: list[str] | None = None,
+    layers: list[int] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """The modules a method adapts, as ``(full name, module)`` sorted by name, each once.
+
+    ``target_modules`` (name suffixes) wins when given, restricted to ``layers`` if those are given too (which
+    needs a known architecture); otherwise every role of ``roles`` in the selected layers. A role that the
+    architecture only computes inside a fused projection (``query``/``key``/``value`` in GPT-2's ``c_attn``)
+    resolves to that projection.
+    """
+    if target_modules:
+        found = modules_by_suffix(model, target_modules)
+        if layers is not None:
+            found = _within_layers(model, anatomy, model_type, found, layers)
+    else:
+        found = []
+        for role in roles:
+            fused = FUSED_ROLES.get(role)
+            if anatomy is not None and role not in anatomy.roles and fused in anatomy.roles:
+                role = fused
+            found += role_modules(model, anatomy, model_type, role, layers)
+    return sorted(dict(found).items())
+
+
+def _within_layers(
+    model: nn.Module, anatomy: Anatomy | None, model_type: str, found: list[tuple[str, nn.Module]], layers: list[int]
+) -> list[tuple[str, nn.Module]]:
+    if anatomy is None:
+        raise ConfigError(
+            f"config key 'method.layers' needs a known architecture, and '{model_type}' is not in the table; "
+            "name the modules of those layers in method.target_modules instead"
+        )
+    count = len(transformer_blocks(model, anatomy))
+    prefixes = tuple(f"{anatomy.layers}.{i}." for i in _checked_layers(layers, count))
+    kept = [(name, module) for name, module in found if name.startswith(prefixes)]
+    if not kept:
+        raise ConfigError(f"config key 'method.target_modules' matches no module inside layers {layers}")
+    return kept

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from torch.utils.hooks import RemovableHandle
 
 from adaptune.config import MethodConfig
 from adaptune.targets import Anatomy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -28,22 +31,33 @@ class AttachContext:
     anatomy: Anatomy | None
     hidden_size: int
     num_layers: int
+    #: Causal decoder (left padding, last-token pooling): prompt/prefix methods number positions from the mask.
+    is_decoder: bool = False
+    #: The backbone's tokenizer, for methods initialised from text or vocabulary (prompt tuning).
+    tokenizer: PreTrainedTokenizerBase | None = None
 
 
 @dataclass
 class Injection:
-    """A module added to a host module, with the hook that applies it."""
+    """A module added to a host module, with the hook that applies it (None: the method's ``prepare_inputs``
+    applies it, as prompt and prefix tuning do)."""
 
     host: nn.Module
     attr: str
-    handle: RemovableHandle
+    handle: RemovableHandle | None
 
 
 @dataclass
 class InputPrep:
-    """Backbone inputs after a method's input hook, and how many virtual positions it prepended."""
+    """Backbone inputs after a method's input hook, and how many virtual positions it prepended.
 
-    inputs: dict[str, torch.Tensor]
+    ``inputs`` are keyword arguments of the backbone's forward: the batch's ``input_ids`` (or ``inputs_embeds``
+    ``(B, n_virtual + T, d)``), an ``attention_mask`` that may be longer than ``T`` (virtual tokens or a key/value
+    prefix in front), and optionally ``token_type_ids``, ``position_ids`` and ``past_key_values``. The model drops
+    the first ``n_virtual`` hidden states, so the task head always sees ``(B, T, d)`` aligned with the batch.
+    """
+
+    inputs: dict[str, Any]
     n_virtual: int = 0
 
 
@@ -68,23 +82,29 @@ class Method(ABC):
     def owned_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Name -> parameter for everything this method trains (default: the injected modules')."""
         owned: dict[str, nn.Parameter] = {}
-        prefixes = {id(inj.host): inj.attr for inj in self._injections}
+        attrs: dict[int, list[str]] = {}
+        for inj in self._injections:
+            attrs.setdefault(id(inj.host), []).append(inj.attr)
         for host_name, host in model.named_modules():
-            attr = prefixes.get(id(host))
-            if attr is None:
-                continue
-            for pname, param in getattr(host, attr).named_parameters():
-                owned[f"{host_name}.{attr}.{pname}" if host_name else f"{attr}.{pname}"] = param
+            for attr in attrs.get(id(host), []):
+                for pname, param in getattr(host, attr).named_parameters():
+                    owned[f"{host_name}.{attr}.{pname}" if host_name else f"{attr}.{pname}"] = param
         return owned
 
     def prepare_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> InputPrep:
-        """Input hook for methods that change the inputs (prompt tuning); the default leaves them as they are."""
+        """The one input hook, for methods that change the inputs (prompt and prefix tuning); the default leaves
+        them as they are. ``inputs``: ``input_ids``, ``attention_mask`` (and ``token_type_ids``), each ``(B, T)``."""
         return InputPrep(inputs)
 
     def detach(self, model: nn.Module) -> None:
         """Remove every injected module and hook."""
+        self.remove_injections()
+
+    def remove_injections(self) -> None:
+        """Remove every injected module and hook, leaving the host modules' own weights as they are now."""
         for inj in self._injections:
-            inj.handle.remove()
+            if inj.handle is not None:
+                inj.handle.remove()
             delattr(inj.host, inj.attr)
         self._injections.clear()
 
@@ -97,6 +117,22 @@ class Method(ABC):
 
         self._injections.append(Injection(host, attr, host.register_forward_hook(hook)))
 
+    def inject_before(self, host: nn.Module, attr: str, module: nn.Module) -> None:
+        """Apply ``module`` to ``host``'s first input: ``host(x)`` becomes ``host(module(x))`` (a forward pre-hook;
+        e.g. IA3's scaling of the feed-forward activations)."""
+        host.add_module(attr, module)
+
+        def pre_hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (module(args[0]), *args[1:])
+
+        self._injections.append(Injection(host, attr, host.register_forward_pre_hook(pre_hook)))
+
+    def add_input_module(self, host: nn.Module, attr: str, module: nn.Module) -> None:
+        """Add ``module`` under ``host`` with no hook: the method applies it in :meth:`prepare_inputs` (prompt and
+        prefix tuning). It is owned, saved and detached like any injected module."""
+        host.add_module(attr, module)
+        self._injections.append(Injection(host, attr, None))
+
     def inject_around(
         self, host: nn.Module, attr: str, module: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> None:
@@ -107,6 +143,22 @@ class Method(ABC):
             return fn(args[0], output)
 
         self._injections.append(Injection(host, attr, host.register_forward_hook(hook)))
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """A method whose change can be folded into the base weights (LoRA, IA3; trivially BitFit and head).
+
+    ``merge`` and ``unmerge`` are explicit calls, never a side effect of ``train()``/``eval()``; while merged the
+    method's hooks add nothing, so outputs are the same (to float tolerance) merged or not. ``merge_and_unload``
+    merges and then removes the method's modules, leaving a plain base model (for export).
+    """
+
+    def merge(self, model: nn.Module) -> None: ...
+
+    def unmerge(self, model: nn.Module) -> None: ...
+
+    def merge_and_unload(self, model: nn.Module) -> None: ...
 
 
 @dataclass

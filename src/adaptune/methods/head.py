@@ -26,3 +26,12 @@ class HeadOnly(Method):
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> None:
         """Nothing to attach: every backbone parameter stays frozen."""
+
+    def merge(self, model: nn.Module) -> None:
+        """Nothing to fold into the backbone."""
+
+    def unmerge(self, model: nn.Module) -> None:
+        """Nothing to take out of the backbone."""
+
+    def merge_and_unload(self, model: nn.Module) -> None:
+        """Nothing to fold or remove: the backbone is the base model."""

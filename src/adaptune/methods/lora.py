@@ -1,0 +1,239 @@
+"""LoRA (Hu et al. 2021), with the rsLoRA scaling (Kalajdzievski 2023) and the DoRA variant (Liu et al. 2024).
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022: a frozen linear map ``W0 x + b``
+becomes
+
+    W0 x + b + (alpha / r) B A dropout(x),      A: (r, in),  B: (out, r),  r << min(in, out)
+
+with ``A`` random and ``B`` zero at init, so training starts from the base model. Kalajdzievski, "A Rank
+Stabilization Scaling Factor for Fine-Tuning with LoRA", 2023 (rsLoRA): scale by ``alpha / sqrt(r)`` instead,
+which keeps the update's size stable as ``r`` grows. Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation",
+ICML 2024: learn a magnitude ``m: (out,)`` and the direction separately,
+
+    W' = m * (W0 + s B A) / ||W0 + s B A||_c
+
+where ``||.||_c`` is the L2 norm of each output unit's weights (each row of ``W`` in ``(out, in)`` layout, the
+paper's column of ``W`` in ``(in, out)`` layout; peft computes the same), ``m`` starts at ``||W0||_c`` so that
+``W' = W0`` at init, and the norm is a constant for backprop (the paper's section 4.3, as peft does).
+
+Which linear maps get an update is data per architecture (:mod:`adaptune.targets`): by default the query and
+value projections, as in the paper. ``merge``/``unmerge`` fold the update into the base weight and take it out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from adaptune.config import MethodConfig
+from adaptune.errors import ConfigError
+from adaptune.methods.base import AttachContext, Method
+from adaptune.methods.linear import bias_of, linear_shape, weight_out_in
+from adaptune.registry import register_method
+from adaptune.targets import Role, select_targets
+
+DEFAULT_ROLES: list[str] = ["query", "value"]
+
+
+class LoRAConfig(MethodConfig):
+    """Configuration of LoRA (and DoRA, rsLoRA)."""
+
+    name: Literal["lora"] = Field("lora", description="LoRA (with the DoRA and rsLoRA options).")
+    r: int = Field(8, ge=1, le=4096, description="Rank r of the update B A.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is multiplied by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of the low-rank path.")
+    target_modules: list[str] | None = Field(
+        None, description="Linear modules to adapt, by name suffix (peft-style); None: take them from roles."
+    )
+    roles: list[Role] | None = Field(
+        None, description="Roles to adapt (query, key, value, attn_out, ffn_in, ffn_gate, ffn_out); None: query, value."
+    )
+    layers: list[int] | None = Field(None, description="Block indices to adapt (negative counts from the top).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output unit and the direction via B A.")
+    init: Literal["kaiming", "gaussian"] = Field(
+        "kaiming", description="Init of A: 'kaiming' uniform (peft's default) or 'gaussian' (std 1/r); B is zero."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_choose(self) -> LoRAConfig:
+        if self.target_modules and self.roles:
+            raise ConfigError("config keys 'method.target_modules' and 'method.roles' exclude each other: give one")
+        return self
+
+
+def init_kaiming_(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Kaiming-uniform ``A`` (as ``nn.Linear`` does, and peft's default) and zero ``B``."""
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    nn.init.zeros_(b)
+
+
+def init_gaussian_(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Normal ``A`` with std ``1/r`` (peft's 'gaussian') and zero ``B``."""
+    nn.init.normal_(a, std=1 / a.shape[0])
+    nn.init.zeros_(b)
+
+
+INITS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {"kaiming": init_kaiming_, "gaussian": init_gaussian_}
+
+
+def row_norm(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output unit's weights: ``(out, in) -> (out,)`` (DoRA's ``||.||_c``)."""
+    return torch.linalg.vector_norm(weight, dim=1)
+
+
+class LoRA(nn.Module):
+    """The low-rank update of one frozen linear map ``in_dim -> out_dim``; see the module docstring.
+
+    Args:
+        in_dim: input features of the host map.
+        out_dim: output features of the host map.
+        rank: r (8 by default in :class:`LoRAConfig`).
+        alpha: the update is scaled by ``alpha / rank`` (16 by default).
+        dropout: dropout on the low-rank path's input (0.0).
+        use_rslora: scale by ``alpha / sqrt(rank)`` instead (False).
+        init: ``"kaiming"`` (default) or ``"gaussian"`` init of ``A``; ``B`` starts at zero.
+        magnitude: DoRA only: the initial magnitude ``||W0||_c`` of shape ``(out_dim,)``; None for plain LoRA.
+
+    Dropout acts on the low-rank path only. (peft's DoRA, when dropout is on, also feeds the dropped-out input
+    through ``W0`` for the magnitude correction; the two agree whenever dropout is off, e.g. in eval mode.)
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        init: str = "kaiming",
+        magnitude: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.lora_a = nn.Linear(in_dim, rank, bias=False)
+        self.lora_b = nn.Linear(rank, out_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+        self.magnitude = nn.Parameter(magnitude.detach().clone()) if magnitude is not None else None
+        self.merged = False
+        self._merged_norm: torch.Tensor | None = None  # DoRA: the norm used at merge time, needed to unmerge
+        INITS[init](self.lora_a.weight, self.lora_b.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update ``s B A dropout(x)``: ``(..., in_dim) -> (..., out_dim)``."""
+        return self.scaling * self.lora_b(self.lora_a(self.dropout(x)))  # type: ignore[no-any-return]
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s B A`` as an ``(out_dim, in_dim)`` matrix."""
+        return self.scaling * (self.lora_b.weight @ self.lora_a.weight)
+
+    def dora_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """DoRA's ``m / ||W0 + s B A||_c`` of shape ``(out_dim,)``; the norm carries no gradient."""
+        assert self.magnitude is not None
+        norm = row_norm(weight + self.delta_weight().detach()).detach()
+        return self.magnitude / norm
+
+    def adapt(
+        self, x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The host's output ``out = W0 x + b`` ``(..., out_dim)`` -> the adapted output (unchanged when merged)."""
+        if self.merged:
+            return out
+        delta = self(x)
+        if self.magnitude is None:
+            return out + delta.to(out.dtype)
+        base = out if bias is None else out - bias
+        adapted = self.dora_scale(weight) * (base + delta)
+        return (adapted if bias is None else adapted + bias).to(out.dtype)
+
+    @torch.no_grad()
+    def merge_into(self, weight: torch.Tensor) -> None:
+        """Fold the update into ``weight`` ``(out_dim, in_dim)`` in place: ``W0 + s B A`` (DoRA: times m/norm)."""
+        delta = self.delta_weight().to(weight.dtype)
+        if self.magnitude is None:
+            weight.add_(delta)
+        else:
+            norm = row_norm(weight + delta)
+            weight.add_(delta).mul_((self.magnitude / norm).unsqueeze(1))
+            self._merged_norm = norm
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge_from(self, weight: torch.Tensor) -> None:
+        """Inverse of :meth:`merge_into` (exact up to float rounding)."""
+        delta = self.delta_weight().to(weight.dtype)
+        if self.magnitude is not None:
+            assert self._merged_norm is not None
+            weight.div_((self.magnitude / self._merged_norm).unsqueeze(1))
+            self._merged_norm = None
+        weight.sub_(delta)
+        self.merged = False
+
+
+def _adapter_hook(lora: LoRA, host: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def combine(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return lora.adapt(x, out, weight_out_in(host), bias_of(host))
+
+    return combine
+
+
+@register_method("lora", LoRAConfig)
+class LoRAMethod(Method):
+    """LoRA: a trainable low-rank update ``(alpha/r) B A`` beside frozen linear maps (DoRA and rsLoRA options)."""
+
+    # A starting point (peft's and the LoRA paper's range for encoders is 1e-4..1e-3 with r=8); not yet swept.
+    default_learning_rate = 1e-3
+    config: LoRAConfig
+
+    def attach(self, model: nn.Module, ctx: AttachContext) -> None:
+        """Add one :class:`LoRA` to each target linear map (``<module>.lora``)."""
+        cfg = self.config
+        roles = cfg.roles or DEFAULT_ROLES
+        targets = select_targets(
+            model, ctx.anatomy, ctx.model_type, roles=list(roles), target_modules=cfg.target_modules, layers=cfg.layers
+        )
+        for name, host in targets:
+            shape = linear_shape(name, host)
+            magnitude = row_norm(weight_out_in(host).detach()) if cfg.use_dora else None
+            lora = LoRA(
+                shape.in_features,
+                shape.out_features,
+                cfg.r,
+                cfg.alpha,
+                dropout=cfg.dropout,
+                use_rslora=cfg.use_rslora,
+                init=cfg.init,
+                magnitude=magnitude,
+            )
+            self.inject_around(host, "lora", lora, _adapter_hook(lora, host))
+
+    def _pairs(self) -> list[tuple[LoRA, nn.Module]]:
+        return [(getattr(inj.host, inj.attr), inj.host) for inj in self._injections]
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold every update into its base weight; the hooks then add nothing. Explicit, for inference/export."""
+        for lora, host in self._pairs():
+            if not lora.merged:
+                lora.merge_into(weight_out_in(host))
+
+    def unmerge(self, model: nn.Module) -> None:
+        """Take every merged update back out of its base weight (to float rounding)."""
+        for lora, host in self._pairs():
+            if lora.merged:
+                lora.unmerge_from(weight_out_in(host))
+
+    def merge_and_unload(self, model: nn.Module) -> None:
+        """Merge, then remove the LoRA modules: a plain base model with the updates folded in."""
+        self.merge(model)
+        self.remove_injections()
+
+    def detach(self, model: nn.Module) -> None:
+        """Unmerge if merged, then remove every LoRA module: the base model as it was."""
+        self.unmerge(model)
+        self.remove_injections()
