@@ -171,6 +171,55 @@ def merge(
 
 
 @app.command()
+def export(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder (lora, ia3, prefix or prompt).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the exported adapter.")],
+    format_: Annotated[str, typer.Option("--format", help="Output format: peft.")] = "peft",
+    base: Annotated[str | None, typer.Option(help="Base model folder, if not where the adapter says.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Write the adapter in another library's format: peft's adapter_config.json + adapter_model.safetensors."""
+    from adaptune.errors import ConfigError
+    from adaptune.peft_interop import export_peft
+
+    try:
+        if format_ != "peft":
+            raise ConfigError(f"--format {format_!r}: the only export format is 'peft' (adaptune merge writes a model)")
+        result = export_peft(adapter, out, base=base, overwrite=overwrite)
+    except AdaptuneError as err:
+        _fail(err)
+        return
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"peft adapter: {result.path} (PeftModel.from_pretrained; labels and pooling in adaptune.json)")
+
+
+@app.command("import")
+def import_(
+    peft_dir: Annotated[Path, typer.Argument(help="peft adapter folder (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the adaptune adapter.")],
+    base: Annotated[
+        str | None, typer.Option(help="Base model, if not the peft config's base_model_name_or_path.")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="seq_cls or token_cls, when peft's task_type names neither.")] = None,
+    labels: Annotated[str | None, typer.Option(help="Label names, comma-separated (default: LABEL_0, ...).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Turn a peft adapter folder into an adaptune adapter (then: adaptune predict / eval / info)."""
+    from adaptune.peft_interop import import_peft
+
+    names = [name.strip() for name in labels.split(",")] if labels else None
+    try:
+        result = import_peft(peft_dir, out, base=base, task=task, labels=names, overwrite=overwrite)
+    except AdaptuneError as err:
+        _fail(err)
+        return
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"adapter: {result.path}")
+
+
+@app.command()
 def demo(
     output_dir: Annotated[str, typer.Option(help="Where the run goes.")] = "runs/intents",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
