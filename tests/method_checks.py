@@ -93,22 +93,29 @@ def train_tiny(tmp: Path, model_dir: Path, data: Path, method: dict[str, Any], *
 
 
 def assert_only_owned_changed(run: Run, base_dir: Path) -> dict[str, nn.Parameter]:
-    """Every backbone tensor the method does not own equals the base; every owned tensor was trained."""
+    """Every backbone tensor that is not the method's equals the base; every tensor the method added is one the
+    adapter file stores. Returns the owned (trained) parameters. Tensors are matched by identity, so a method's
+    names need not be backbone names (a stack prefixes them with the member name); a stack's frozen members
+    count as the method's here (they may hold loaded values)."""
     base = backbone(base_dir).model.state_dict()
     owned = run.model.adapter_parameters()
+    stored = {id(p) for p in run.model.stored_parameters().values()}
+    params = dict(run.model.backbone.named_parameters(remove_duplicate=False))
     state = run.model.backbone.state_dict()
     for name, tensor in base.items():
-        if name not in owned:
+        if id(params.get(name)) not in stored:
             assert torch.equal(state[name], tensor), f"{name} is not the method's, yet it changed"
-    assert set(state) - set(base) <= set(owned), "every added tensor is owned"
+    added = {id(params[name]) for name in set(state) - set(base)}
+    assert added <= stored, "every added tensor is stored in the adapter file"
     return owned
 
 
 def assert_round_trip(run: Run) -> None:
-    """Saved then loaded onto a fresh base: exactly the trained model's logits; the file holds the owned tensors."""
+    """Saved then loaded onto a fresh base: exactly the trained model's logits; the file holds the method's
+    tensors (the trained ones and any frozen ones it keeps, as a stack does)."""
     adapter = load_adapter(run.result.adapter_dir)
     saved = {k[len("adapter.") :] for k in adapter.tensors if k.startswith("adapter.")}
-    assert saved == set(run.model.adapter_parameters())
+    assert saved == set(run.model.stored_parameters())
     trained = Predictor(run.model, adapter.config).logits(TEXTS)
     loaded = Predictor.load(run.result.adapter_dir).logits(TEXTS)
     assert all(torch.equal(a, b) for a, b in zip(trained, loaded, strict=True))

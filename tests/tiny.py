@@ -33,9 +33,13 @@ def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 
     return folder
 
 
-def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
+def make_tiny_llama(folder: Path, seed: int = 0, embed_std: float | None = None) -> Path:
     """A random 2-layer Llama (hidden 32) with the SmolLM2-style byte-level tokenizer of MiniLM replaced by
-    MiniLM's WordPiece vocab: enough to exercise decoder code paths (last-token pooling, left padding)."""
+    MiniLM's WordPiece vocab: enough to exercise decoder code paths (last-token pooling, left padding).
+
+    ``embed_std`` rescales the word embeddings to that standard deviation. At the random init (0.02) the residual
+    stream is far smaller than a trained model's, and any bias an adapter adds to it (a bottleneck's) soon swamps
+    every token; training tests want a stream of a trained model's size, e.g. 1.0."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     config = LlamaConfig(
@@ -47,7 +51,11 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
         num_key_value_heads=1,
         max_position_embeddings=128,
     )
-    LlamaModel(config).save_pretrained(folder)
+    model = LlamaModel(config)
+    if embed_std is not None:
+        with torch.no_grad():
+            model.embed_tokens.weight.mul_(embed_std / model.embed_tokens.weight.std())
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

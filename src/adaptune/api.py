@@ -121,7 +121,7 @@ def _describe(cfg: RunConfig, model: AdaptedModel, prep: Prepared, metrics: dict
     info = model.info
     return {
         "adaptune_version": __version__,
-        "method": cfg.method.model_dump(mode="json"),
+        "method": model.method.config_for_file(),
         "task": cfg.task.model_dump(mode="json"),
         "task_state": model.task.learned_state(),
         "labels": list(model.labels),

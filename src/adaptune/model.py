@@ -49,18 +49,23 @@ class AdaptedModel(nn.Module):
         return self.head(hidden, batch)  # type: ignore[no-any-return]
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
-        """Name -> parameter for what the method trains (names as in the backbone)."""
+        """Name -> parameter for what the method trains (names as in the backbone; a stack prefixes member names)."""
         return self.method.owned_parameters(self.backbone)
+
+    def stored_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter for every method tensor an adapter file stores: the trained ones and those the
+        method keeps frozen (a stack's frozen members); the same as :meth:`adapter_parameters` for most methods."""
+        return {**self.method.frozen_parameters(self.backbone), **self.adapter_parameters()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything an adapter file stores: ``adapter.<name>`` and ``head.<name>`` tensors."""
-        state = {f"adapter.{k}": p.detach() for k, p in self.adapter_parameters().items()}
+        state = {f"adapter.{k}": p.detach() for k, p in self.stored_parameters().items()}
         state.update({f"head.{k}": v.detach() for k, v in self.head.state_dict().items()})
         return state
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`trainable_state`; every expected tensor must be present with its shape."""
-        own = self.adapter_parameters()
+        own = self.stored_parameters()
         expected = set(self.trainable_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:

@@ -12,9 +12,11 @@ from tiny import minilm_dir
 
 TOKENIZER = AutoTokenizer.from_pretrained(minilm_dir())
 WORDS = st.lists(
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1,
-            max_size=8),
-    min_size=1, max_size=30,
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=8
+    ),
+    min_size=1,
+    max_size=30,
 )
 
 

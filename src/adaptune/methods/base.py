@@ -3,6 +3,10 @@
 A method is attached to a frozen base model. It may add small modules (attached as children of the module they
 modify, so base parameter names never change) that act through forward hooks, or it may unfreeze a few existing
 parameters. ``owned_parameters`` names exactly what it trains and what the adapter file stores.
+
+Several methods can sit on one model (a ``stack``, :mod:`adaptune.methods.stack`): each then carries an
+``attr_suffix`` (the stack member's name), so that the modules it adds are named ``<attr>_<suffix>`` and two
+members never take the same attribute of the same host (``bottleneck_lang`` beside ``bottleneck_task``).
 """
 
 from __future__ import annotations
@@ -71,9 +75,30 @@ class Method(ABC):
     #: Recommended AdamW learning rate when the user gives none (training.learning_rate: null).
     default_learning_rate: float = 1e-3
 
+    #: ``config.model_type`` values of architectures this method refuses at attach (with a ConfigError), declared
+    #: so that tools and the shared method x task test matrix know without trying. Empty: every architecture
+    #: (tasks need no declaration: methods and tasks are orthogonal, every method serves every task).
+    unsupported_model_types: frozenset[str] = frozenset()
+
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
         self._injections: list[Injection] = []
+        #: Appended to the names of the modules this method adds (``bottleneck`` -> ``bottleneck_<suffix>``);
+        #: empty, and names unchanged, unless a stack sets it to the member's name before ``attach``.
+        self.attr_suffix = ""
+
+    def attr_name(self, attr: str) -> str:
+        """The attribute name under which a module called ``attr`` by the method is added to its host."""
+        return f"{attr}_{self.attr_suffix}" if self.attr_suffix else attr
+
+    def plain_name(self, name: str) -> str:
+        """An owned parameter name as it would be without :attr:`attr_suffix` (as a single-method adapter file
+        names it): ``...dense.bottleneck_lang.up.weight`` -> ``...dense.bottleneck.up.weight``."""
+        if not self.attr_suffix:
+            return name
+        ours = {inj.attr for inj in self._injections}
+        cut = len(self.attr_suffix) + 1
+        return ".".join(part[:-cut] if part in ours else part for part in name.split("."))
 
     @abstractmethod
     def attach(self, model: nn.Module, ctx: AttachContext) -> None:
@@ -90,6 +115,15 @@ class Method(ABC):
                 for pname, param in getattr(host, attr).named_parameters():
                     owned[f"{host_name}.{attr}.{pname}" if host_name else f"{attr}.{pname}"] = param
         return owned
+
+    def frozen_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Name -> parameter for tensors the method keeps frozen yet stores in the adapter file (a stack's frozen
+        members); disjoint from :meth:`owned_parameters`. Default: none."""
+        return {}
+
+    def config_for_file(self) -> dict[str, Any]:
+        """The method config as ``adapter_config.json`` records it (default: the config itself)."""
+        return self.config.model_dump(mode="json")
 
     def prepare_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> InputPrep:
         """The one input hook, for methods that change the inputs (prompt and prefix tuning); the default leaves
@@ -109,7 +143,9 @@ class Method(ABC):
         self._injections.clear()
 
     def inject_after(self, host: nn.Module, attr: str, module: nn.Module) -> None:
-        """Apply ``module`` to ``host``'s output: ``host(x)`` becomes ``module(host(x))``."""
+        """Apply ``module`` to ``host``'s output: ``host(x)`` becomes ``module(host(x))``. ``module`` is added as
+        ``host.<attr_name(attr)>``, as in the other ``inject_*`` helpers."""
+        attr = self.attr_name(attr)
         host.add_module(attr, module)
 
         def hook(_mod: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
@@ -120,6 +156,7 @@ class Method(ABC):
     def inject_before(self, host: nn.Module, attr: str, module: nn.Module) -> None:
         """Apply ``module`` to ``host``'s first input: ``host(x)`` becomes ``host(module(x))`` (a forward pre-hook;
         e.g. IA3's scaling of the feed-forward activations)."""
+        attr = self.attr_name(attr)
         host.add_module(attr, module)
 
         def pre_hook(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -130,6 +167,7 @@ class Method(ABC):
     def add_input_module(self, host: nn.Module, attr: str, module: nn.Module) -> None:
         """Add ``module`` under ``host`` with no hook: the method applies it in :meth:`prepare_inputs` (prompt and
         prefix tuning). It is owned, saved and detached like any injected module."""
+        attr = self.attr_name(attr)
         host.add_module(attr, module)
         self._injections.append(Injection(host, attr, None))
 
@@ -137,6 +175,7 @@ class Method(ABC):
         self, host: nn.Module, attr: str, module: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> None:
         """Combine ``host``'s input and output: ``host(x)`` becomes ``fn(x, host(x))`` (e.g. LoRA's W0 x + B A x)."""
+        attr = self.attr_name(attr)
         host.add_module(attr, module)
 
         def hook(_mod: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,9 @@ class BitFit(Method):
     """BitFit: train the backbone's bias terms (optionally only some), nothing else."""
 
     default_learning_rate = 1e-3  # the paper searched 1e-4..1e-3 for BERT; a starting point, not yet swept
+    #: Their standard configs have no bias at all (``attention_bias``/``mlp_bias`` false); Qwen2 (q/k/v biases)
+    #: and GPT-2 work. A Llama built with biases would work too, but is not what these model types ship as.
+    unsupported_model_types = frozenset({"llama", "mistral", "qwen3"})
     config: BitFitConfig
 
     def __init__(self, config: BitFitConfig) -> None:

@@ -120,7 +120,8 @@ class IA3(Method):
         return [(name, module, name in inputs) for name, module in found]
 
     def _scales(self) -> list[tuple[IA3Scale, nn.Module, bool]]:
-        return [(getattr(inj.host, inj.attr), inj.host, inj.attr == INPUT_ATTR) for inj in self._injections]
+        inputs = self.attr_name(INPUT_ATTR)
+        return [(getattr(inj.host, inj.attr), inj.host, inj.attr == inputs) for inj in self._injections]
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> None:
