@@ -3,7 +3,7 @@
 Every template and slot value below was written by hand for adaptune; nothing
 is taken from an existing corpus.  Run from anywhere:
 
-    python src/adaptune/resources/data/make_demo_data.py
+    python scripts/make_demo_data.py
 
 It rewrites ``intents/{train,dev,test}.jsonl``, ``ner/{train,dev,test}.conll``
 and ``README.md`` next to this file.  The output depends only on ``SEED``.
@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 SEED = 20240517
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "src" / "adaptune" / "resources" / "data"
 SPLITS = ("train", "dev", "test")
 
 # --------------------------------------------------------------------------
@@ -1407,7 +1407,7 @@ def render_readme(intents, ner) -> str:
     a("## Provenance and licence")
     a("")
     a("All text in this directory is **original**, written specifically for adaptune: the")
-    a("sentence templates and slot values in `make_demo_data.py` were composed by hand for this")
+    a("sentence templates and slot values in `scripts/make_demo_data.py` were composed by hand for this")
     a("project and are **not copied or derived from any existing dataset**. The data is released")
     a("under the project's licence, **Apache-2.0**, and may be redistributed with the package.")
     a("")
@@ -1416,7 +1416,7 @@ def render_readme(intents, ner) -> str:
     a("appear only as generic `ORG` examples and imply no affiliation.")
     a("")
     a("The files are generated deterministically (fixed seed) by")
-    a("`make_demo_data.py` (stdlib only); run `python src/adaptune/resources/data/make_demo_data.py`")
+    a("`scripts/make_demo_data.py` (stdlib only); run `python scripts/make_demo_data.py`")
     a("to regenerate them together with this README. Each template is assigned to exactly one")
     a("split, so train/dev/test share no sentence patterns; every text is unique across the whole")
     a("dataset (also after masking digits and punctuation).")
