@@ -59,3 +59,11 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundled_data() -> Path:
     """The package's own demo data (bilingual intents and NER)."""
     return Path(__file__).resolve().parents[1] / "src" / "adaptune" / "resources" / "data"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, optional test dependencies must be present: a skipped peft parity test would hide a failure."""
+    import importlib.util
+
+    if os.environ.get("CI") and importlib.util.find_spec("peft") is None:
+        raise pytest.UsageError("peft (the 'test' extra) is not installed; CI must run the peft parity tests")
