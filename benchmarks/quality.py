@@ -57,7 +57,37 @@ def upsert(records: list[dict]) -> None:
     merged.sort(key=lambda r: tuple(str(r[k]) for k in KEY))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_tables(merged)
+
+
+def method_table(records: list[dict]) -> list[str]:
+    """Methods as rows, datasets as columns: the headline figure with the trainable parameter count."""
+    datasets = sorted({r["dataset"] for r in records})
+    methods = sorted({r["method"] for r in records}, key=lambda m: (m != "head", m))
+    cells = {(r["method"], r["dataset"]): r for r in records}
+    header = [f"{d} ({cells_metric(records, d)})" for d in datasets]
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "--:|" * len(datasets)]
+    for method in methods:
+        row = [
+            f"{cells[(method, d)]['value']:.4f} ({cells[(method, d)]['trainable_params']:,} params)"
+            if (method, d) in cells
+            else "–"
+            for d in datasets
+        ]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def cells_metric(records: list[dict], dataset: str) -> str:
+    record = next(r for r in records if r["dataset"] == dataset)
+    return f"{record['split']} {record['metric']}"
+
+
+def write_tables(merged: list[dict]) -> None:
+    """``quality.md``: the method x dataset table, then every record."""
     lines = [
+        *method_table(merged),
+        "",
         "| task | dataset | split | method | metric | value | trainable params | train tok/s | peak RSS MB | wall s |",
         "|---|---|---|---|---|--:|--:|--:|--:|--:|",
     ]
@@ -71,10 +101,14 @@ def upsert(records: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="+", help="config names under configs/")
+    parser.add_argument("names", nargs="*", help="config names under configs/")
+    parser.add_argument("--tables", action="store_true", help="only rewrite quality.md from quality.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tables:
+        write_tables(json.loads((RESULTS / "quality.json").read_text(encoding="utf-8")))
+        return
     if args.in_process:
         print(json.dumps(run_one(args.names[0], args.overrides)))
         return
