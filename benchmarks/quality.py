@@ -4,7 +4,8 @@
 
 Each name is ``configs/<name>.yaml``, run in its own process (so peak RSS is that run's). Records are upserted
 into ``benchmarks/results/quality.json`` (one per task/dataset/split/model/method/metric) and the table
-``benchmarks/results/quality.md`` is rewritten.
+``benchmarks/results/quality.md`` is rewritten, and so are the two tables in README.md between the
+``<!-- methods-table -->`` and ``<!-- quality-records -->`` markers (``--tables`` does only that).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
 KEY = ("task", "dataset", "split", "model", "method", "metric")
+#: The model of the method x dataset table (other models' records are listed in the records table only).
+TABLE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def run_one(name: str, overrides: list[str]) -> list[dict]:
@@ -61,12 +65,13 @@ def upsert(records: list[dict]) -> None:
 
 
 def method_table(records: list[dict]) -> list[str]:
-    """Methods as rows, datasets as columns: the headline figure with the trainable parameter count."""
+    """Methods as rows, datasets as columns: the headline figure with the trainable parameter count (MiniLM)."""
+    records = [r for r in records if r["model"] == TABLE_MODEL]
     datasets = sorted({r["dataset"] for r in records})
     methods = sorted({r["method"] for r in records}, key=lambda m: (m != "head", m))
     cells = {(r["method"], r["dataset"]): r for r in records}
     header = [f"{d} ({cells_metric(records, d)})" for d in datasets]
-    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "--:|" * len(datasets)]
+    lines = ["| method | default LR | " + " | ".join(header) + " |", "|---|--:|" + "--:|" * len(datasets)]
     for method in methods:
         row = [
             f"{cells[(method, d)]['value']:.4f} ({cells[(method, d)]['trainable_params']:,} params)"
@@ -74,8 +79,15 @@ def method_table(records: list[dict]) -> list[str]:
             else "–"
             for d in datasets
         ]
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append(f"| {method} | {default_learning_rate(method):g} | " + " | ".join(row) + " |")
     return lines
+
+
+def default_learning_rate(method: str) -> float:
+    """The learning rate a method trains with when the config gives none."""
+    from adaptune.registry import method_registration
+
+    return float(method_registration(method).factory.default_learning_rate)
 
 
 def cells_metric(records: list[dict], dataset: str) -> str:
@@ -83,26 +95,47 @@ def cells_metric(records: list[dict], dataset: str) -> str:
     return f"{record['split']} {record['metric']}"
 
 
-def write_tables(merged: list[dict]) -> None:
-    """``quality.md``: the method x dataset table, then every record."""
+def records_table(records: list[dict]) -> list[str]:
+    """Every record, with the command that reproduces it."""
     lines = [
-        *method_table(merged),
-        "",
-        "| task | dataset | split | method | metric | value | trainable params | train tok/s | peak RSS MB | wall s |",
-        "|---|---|---|---|---|--:|--:|--:|--:|--:|",
+        "| task | dataset (split) | model | method | metric | value | trainable params | train tok/s | peak RSS MB "
+        "| wall s | command |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|---|",
     ]
     lines += [
-        f"| {r['task']} | {r['dataset']} | {r['split']} | {r['method']} | {r['metric']} | {r['value']:.4f} | "
-        f"{r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} |"
-        for r in merged
+        f"| {r['task']} | {r['dataset']} ({r['split']}) | {r['model'].rsplit('/', 1)[-1]} | {r['method']} | "
+        f"{r['metric']} | {r['value']:.4f} | {r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | "
+        f"{r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} | `{r['command']}` |"
+        for r in records
     ]
+    return lines
+
+
+def write_tables(merged: list[dict]) -> None:
+    """``quality.md`` (the method x dataset table, then every record) and the same two tables in README.md."""
+    lines = [*method_table(merged), "", *records_table(merged)]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if README.is_file():
+        text = README.read_text(encoding="utf-8")
+        text = replace_between(text, "methods-table", method_table(merged))
+        text = replace_between(text, "quality-records", records_table(merged))
+        README.write_text(text, encoding="utf-8")
+
+
+def replace_between(text: str, marker: str, lines: list[str]) -> str:
+    """``text`` with what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` replaced by ``lines``."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    return head + start + "\n" + "\n".join(lines) + "\n" + end + tail
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="config names under configs/")
-    parser.add_argument("--tables", action="store_true", help="only rewrite quality.md from quality.json")
+    parser.add_argument("--tables", action="store_true", help="only rewrite the tables (quality.md, README)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
