@@ -106,6 +106,8 @@ def save_checkpoint(
     for old in root.glob("step-*"):
         if old.is_dir() and old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".*.tmp"):  # half-written files of a run killed mid-write (never read by anyone)
+        stale.unlink(missing_ok=True)
     return folder
 
 
