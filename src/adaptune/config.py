@@ -261,11 +261,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
-    """Data paths in a YAML file are relative to that file, like includes in most build tools."""
+    """Paths in a YAML file (data files, a stack's member adapter folders) are relative to that file, like
+    includes in most build tools."""
     data = tree.get("data")
-    if not isinstance(data, dict):
-        return
-    for key in ("train", "dev", "test"):
-        value = data.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[key] = str((base / value).resolve())
+    if isinstance(data, dict):
+        for key in ("train", "dev", "test"):
+            _resolve_key(data, key, base)
+    method = tree.get("method")
+    members = method.get("members") if isinstance(method, dict) else None
+    for member in members if isinstance(members, list) else []:
+        if isinstance(member, dict):
+            _resolve_key(member, "adapter", base)
+
+
+def _resolve_key(section: dict[str, Any], key: str, base: Path) -> None:
+    value = section.get(key)
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        section[key] = str((base / value).resolve())

@@ -32,6 +32,20 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.train == str((tmp_path / "data" / "train.conll").resolve()), "paths are relative to the YAML"
 
 
+def test_stack_member_adapter_paths_are_relative_to_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "configs" / "stack.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "method:\n  name: stack\n  members:\n"
+        "    - {name: lang, adapter: ../runs/lang/adapter, trainable: false}\n"
+        "    - {name: task, method: {name: bottleneck}}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as err:  # validation reads the member folder, which is looked for here:
+        load_config(path)
+    assert f"adapter folder {(tmp_path / 'runs' / 'lang' / 'adapter').resolve()} does not exist" in str(err.value)
+
+
 def test_misspelt_key_names_it_and_suggests(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, ["training.lerning_rate=0.1"])
