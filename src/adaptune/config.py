@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from adaptune.errors import ConfigError
 
@@ -97,10 +97,46 @@ class TrainingConfig(StrictModel):
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without gain.")
     seed: int = 42
     bf16: bool = Field(False, description="bf16 autocast for the forward pass; weights stay fp32.")
+    bf16_base: bool = Field(
+        False,
+        description="Store the frozen base weights in bf16 (needs bf16): half the memory, and autocast no longer "
+        "casts them every step; the adapter and head weights stay fp32 (master weights).",
+    )
+    frozen_prefix_no_grad: bool = Field(
+        False,
+        description="Run the embeddings and the blocks below the lowest trainable block without autograd and "
+        "with dropout off (a fixed feature extractor); no effect when the method trains block 0.",
+    )
+    activation_cache: Literal["off", "memory", "mmap"] = Field(
+        "off",
+        description="Keep the frozen prefix's output per training example the first time it is computed and "
+        "train later epochs on it ('memory', or 'mmap': a memory-mapped file in output_dir, deleted after "
+        "training). Needs frozen bottom blocks (method 'head', or method.layers on the top blocks); implies "
+        "frozen_prefix_no_grad.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the backbone (dynamic shapes). A one-off compile of minutes on CPU, then about "
+        "1.3x faster LoRA steps on MiniLM (bf16, measured); pays on long runs. Not with the frozen-prefix switches.",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None keeps torch's default.")
+    num_interop_threads: int | None = Field(
+        None, ge=1, description="torch inter-op threads (set once per process, before any parallel work)."
+    )
     output_dir: str = Field("runs/run", description="Where the adapter, checkpoints, logs and reports go.")
     progress: bool = Field(True, description="Show a live progress bar.")
     log_every: int = Field(10, ge=1, description="Log the training loss every N optimiser steps.")
+
+    @model_validator(mode="after")
+    def _compatible_speed_switches(self) -> TrainingConfig:
+        if self.bf16_base and not self.bf16:
+            raise ConfigError("config key 'training.bf16_base' = true needs training.bf16 = true (bf16 autocast)")
+        if self.compile and (self.frozen_prefix_no_grad or self.activation_cache != "off"):
+            raise ConfigError(
+                "config key 'training.compile' = true cannot be combined with training.frozen_prefix_no_grad or "
+                "training.activation_cache (they re-route the backbone's forward); choose one"
+            )
+        return self
 
 
 class RunConfig(StrictModel):

@@ -25,6 +25,7 @@ from adaptune.errors import ConfigError
 from adaptune.model import AdaptedModel
 from adaptune.tasks.base import Encoded, EvalOutput
 from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
+from adaptune.training.fast import FastPath
 from adaptune.training.logging import MetricsLog, ProgressBar
 from adaptune.training.schedule import build_optimizer, build_scheduler
 
@@ -114,6 +115,7 @@ class Trainer:
             for k, v in flatten(config.model_dump(mode="json")).items()
             if k not in ("training.progress", "training.output_dir")
         }
+        self.fast = FastPath(model, self.cfg, self.lengths, out_dir, padding_side)
 
     # -- resume ---------------------------------------------------------------------------------------------
     def resume(self, checkpoint: Path | None = None) -> bool:
@@ -154,8 +156,11 @@ class Trainer:
         with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as bar:
             if resumed:
                 bar.message(f"resumed from step {self.state.step}")
-            while self.state.step < self.total_steps and not self.state.stopped_early:
-                self._epoch(log, bar)
+            try:
+                while self.state.step < self.total_steps and not self.state.stopped_early:
+                    self._epoch(log, bar)
+            finally:
+                self.fast.close()
         return FitResult(
             self.state, self.best_state, self.last_eval, self.metric, self.train_tokens, self.train_seconds
         )
@@ -171,13 +176,14 @@ class Trainer:
         )
         accum = self.cfg.grad_accum_steps
         self.model.train()
+        self.fast.train_mode()
         window = Window()
         for index in range(self.state.batch_in_epoch, len(batches)):
             group_first = index - index % accum
             group_end = min(len(batches), group_first + accum)
             started = time.perf_counter()
             batch = self.model.task.collate([self.train[i] for i in batches[index]], self.pad_id, self.padding_side)
-            loss = self._backward(batch, scale=1.0 / (group_end - group_first))
+            loss = self._backward(batch, batches[index], scale=1.0 / (group_end - group_first))
             self.state.batch_in_epoch = index + 1
             if index + 1 == group_end:
                 self._optimizer_step()
@@ -212,10 +218,10 @@ class Trainer:
         self.train_tokens += window.tokens
         self.train_seconds += window.seconds
 
-    def _backward(self, batch: dict[str, torch.Tensor], scale: float) -> float:
+    def _backward(self, batch: dict[str, torch.Tensor], indices: list[int], scale: float) -> float:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         with autocast:
-            logits = self.model(batch)
+            logits = self.fast.forward(batch, indices)
         loss = self.model.task.loss(logits, batch)
         (loss * scale).backward()
         return float(loss.detach())
@@ -245,6 +251,7 @@ class Trainer:
         with torch.no_grad():
             result = self.evaluate(self.model)
         self.model.train()
+        self.fast.train_mode()
         self.last_eval = result
         if self.metric not in result.headline:
             raise ConfigError(
