@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[E
     )
     result = model.task.evaluate(split.examples, out.predictions, model.labels)
     if out.loss is not None:
-        result.headline["loss"] = out.loss
+        result.headline.setdefault("loss", out.loss)  # a task may report its own (token-weighted) loss
     return result, out.predictions
 
 
@@ -175,9 +176,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         if split is not None:
             splits[name] = split
     notes = [
-        f"{s.name}: {s.truncated} of {len(s.examples)} examples truncated to {max_length} tokens"
-        for s in splits.values()
-        if s.truncated
+        note for s in splits.values() if (note := task.truncation_note(s.name, s.encoded, max_length)) is not None
     ]
     notes += vocabulary_notes(train_split, backbone)
     base_params = sum(p.numel() for p in backbone.model.parameters())
@@ -190,6 +189,11 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     cfg = config
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
+    if cfg.training.num_interop_threads and torch.get_num_interop_threads() != cfg.training.num_interop_threads:
+        try:
+            torch.set_num_interop_threads(cfg.training.num_interop_threads)
+        except RuntimeError as err:  # torch allows it once per process, before any inter-op parallel work
+            warnings.warn(f"training.num_interop_threads not applied: {err}", stacklevel=2)
     out_dir = Path(cfg.training.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg)
@@ -200,7 +204,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     tokenizer = prep.backbone.tokenizer
     trainer = Trainer(
         model,
-        prep.splits["train"].encoded,
+        prep.task.training_examples(prep.splits["train"].encoded, prep.max_length),
         cfg,
         out_dir=out_dir,
         evaluate=(lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None,
@@ -221,6 +225,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     }
     for split in (s for name, s in prep.splits.items() if name != "train"):
         result, predictions = evaluate_split(model, split, cfg)
+        result.headline.update(model.task.extra_evaluation(model, split.examples, out_dir, split.name))
         results["splits"][split.name] = write_eval_report(
             out_dir, split.name, split.path, result, model.task, split.examples, predictions, model.labels
         )

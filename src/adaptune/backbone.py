@@ -13,11 +13,12 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from adaptune.config import ModelConfig
 from adaptune.errors import ConfigError
@@ -48,7 +49,13 @@ class ResolvedModel:
 
 @dataclass
 class Backbone:
-    """A loaded, frozen base model with its tokenizer and facts about it."""
+    """A loaded, frozen base model with its tokenizer and facts about it.
+
+    For a decoder, ``model`` is the causal LM's inner base model (``LlamaModel``, ``GPT2Model`` ...: the module
+    methods inject into and the fingerprint covers) and ``lm_head`` its frozen output projection ``d -> vocab``
+    (sharing the word embeddings when the model ties them); ``lm_head`` is None for encoders and for checkpoints
+    saved without one. It is never trained and never saved in an adapter file.
+    """
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -60,6 +67,7 @@ class Backbone:
     pooling: str
     is_decoder: bool
     max_positions: int | None
+    lm_head: nn.Module | None = None
 
 
 def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ResolvedModel:
@@ -110,14 +118,14 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     try:
         hf_config = AutoConfig.from_pretrained(where.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where.path, **kwargs)
-        model, loading = AutoModel.from_pretrained(
-            where.path, config=hf_config, dtype=torch.float32, output_loading_info=True, **kwargs
-        )
+        anatomy = anatomy_for(str(hf_config.model_type))
+        is_decoder = anatomy.decoder if anatomy else bool(getattr(hf_config, "is_decoder", False))
+        model, lm_head, missing = _load_weights(where.path, hf_config, is_decoder, kwargs)
     except (OSError, ValueError) as err:  # ValueError: a folder without a usable config.json
         raise ConfigError(f"config key 'model.name_or_path' = {cfg.name_or_path!r}: cannot load it ({err})") from None
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # never used: pooling is ours (BERT's pooler is often untrained, and it costs time)
-    missing = [k for k in loading.get("missing_keys", []) if not k.startswith("pooler.")]
+    missing = [k for k in missing if not k.startswith("pooler.")]
     if missing:
         warnings.warn(
             f"{cfg.name_or_path}: {len(missing)} weights were not in the checkpoint and are random: {missing[:5]}",
@@ -125,9 +133,9 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         )
     model.eval()
     model.requires_grad_(False)
+    if lm_head is not None:
+        lm_head.eval().requires_grad_(False)
     model_type = str(hf_config.model_type)
-    anatomy = anatomy_for(model_type)
-    is_decoder = anatomy.decoder if anatomy else bool(getattr(hf_config, "is_decoder", False))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pooling = cfg.pooling if cfg.pooling != "auto" else read_pooling(where.path, is_decoder)
@@ -143,7 +151,33 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         pooling=pooling,
         is_decoder=is_decoder,
         max_positions=getattr(hf_config, "max_position_embeddings", None),
+        lm_head=lm_head,
     )
+
+
+def _load_weights(
+    path: str, hf_config: Any, is_decoder: bool, kwargs: dict[str, Any]
+) -> tuple[nn.Module, nn.Module | None, list[str]]:
+    """``(base model, LM head or None, names of weights missing from the checkpoint)``.
+
+    Decoders load as ``AutoModelForCausalLM`` and are split into the inner base model and the output projection;
+    a checkpoint without LM head weights (a bare ``LlamaModel``) gives no head rather than a random one.
+    """
+    common = {"config": hf_config, "dtype": torch.float32, "output_loading_info": True, **kwargs}
+    if is_decoder:
+        try:
+            causal_lm, loading = AutoModelForCausalLM.from_pretrained(path, **common)
+        except ValueError:  # no causal-LM class for this config: fall back to the bare model
+            causal_lm = None
+        if causal_lm is not None:
+            head = causal_lm.get_output_embeddings()
+            head_name = next((n for n, m in causal_lm.named_children() if m is head), "lm_head")
+            missing = list(loading.get("missing_keys", []))
+            head_missing = any(k.startswith(f"{head_name}.") for k in missing)
+            missing = [k for k in missing if not k.startswith(f"{head_name}.")]
+            return causal_lm.base_model, None if head_missing else head, missing
+    model, loading = AutoModel.from_pretrained(path, **common)
+    return model, None, list(loading.get("missing_keys", []))
 
 
 def fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:

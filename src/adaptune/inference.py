@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
 from adaptune.errors import AdapterFileError, ConfigError, DataError
+from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
 from adaptune.io import CONFIG_FILE, AdapterFile, load_adapter
+from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput
@@ -73,6 +75,17 @@ def _unpad(row_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return row_logits[mask.bool()].clone() if row_logits.dim() == 2 else row_logits.clone()
 
 
+def merge_in_place(model: AdaptedModel) -> None:
+    """Fold the model's method into the base weights (an explicit ``merge()``; ``model.method.unmerge`` undoes it)."""
+    method = model.method
+    if not isinstance(method, Mergeable):
+        name = getattr(method.config, "name", type(method).__name__)
+        raise ConfigError(
+            f"method '{name}' cannot be merged into the base weights (mergeable: lora, ia3, bitfit, head)"
+        )
+    method.merge(model.backbone)
+
+
 def build_model(backbone: Backbone, method_cfg: Any, task_cfg: Any, labels: list[str]) -> AdaptedModel:
     """Method and task from their configs, attached to ``backbone``, with a head for ``labels``."""
     return AdaptedModel(backbone, build_method(method_cfg), build_task(task_cfg), labels)
@@ -100,10 +113,26 @@ class Predictor:
         self.data = DataConfig.model_validate(description.get("data", {}))
 
     @classmethod
-    def load(cls, path: str | Path, *, base: str | None = None, batch_size: int = 32, bf16: bool = False) -> Predictor:
-        """Load an adapter folder onto its base model (or onto ``base``, which must be the same weights)."""
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        base: str | None = None,
+        batch_size: int = 32,
+        bf16: bool = False,
+        merge: bool = False,
+    ) -> Predictor:
+        """Load an adapter folder onto its base model (or onto ``base``, which must be the same weights).
+
+        ``merge=True`` folds a mergeable method (lora, ia3, bitfit, head) into the base weights with the method's
+        explicit ``merge()``, so prediction runs the plain base model plus the head (same outputs to float
+        tolerance, no adapter cost per token); other methods are refused with a :class:`ConfigError`.
+        """
         adapter = load_adapter(path)
-        return cls(model_from_adapter(adapter, base=base), adapter.config, batch_size=batch_size, bf16=bf16)
+        model = model_from_adapter(adapter, base=base)
+        if merge:
+            merge_in_place(model)
+        return cls(model, adapter.config, batch_size=batch_size, bf16=bf16)
 
     @property
     def pad_id(self) -> int:
@@ -136,13 +165,43 @@ class Predictor:
             keep_logits=keep_logits,
         )
 
+    def _autocast(self) -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def generate(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = True, **options: Any
+    ) -> list[Generation]:
+        """Generate for each prompt (a user message, or a list of ``{"role", "content"}`` messages; raw text
+        with ``chat=False``); ``options`` override fields of ``config`` (``max_new_tokens=32``)."""
+        config = (config or GenerationConfig()).model_copy(update=options)
+        with self._autocast():
+            return generate(self.model, prompts, GenerationConfig.model_validate(config.model_dump()), chat=chat)
+
+    def stream(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = True, **options: Any
+    ) -> Iterator[str]:
+        """Yield the generated text of one prompt in pieces as it is decoded (see :meth:`generate`)."""
+        config = (config or GenerationConfig()).model_copy(update=options)
+        with self._autocast():
+            yield from stream(self.model, prompt, GenerationConfig.model_validate(config.model_dump()), chat=chat)
+
     def predict(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
-        """One JSON-ready prediction per input: label and scores, or entities with character offsets."""
+        """One JSON-ready prediction per input: label and scores, or entities with character offsets; a
+        generative task (causal_lm) generates (greedy, the task's generation settings)."""
+        if getattr(self.task, "generative", False):
+            return self._predict_generate(items)
         examples = self.examples(items)
         if not examples:
             return []
         out = self._run(examples, with_labels=False, keep_logits=False)
         return [self.task.to_output(ex, pred, self.labels) for ex, pred in zip(examples, out.predictions, strict=True)]
+
+    def _predict_generate(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
+        examples = self.examples(items)
+        prompts = [[m.as_dict() for m in ex.messages] for ex in examples]
+        config = getattr(self.task.config, "generation", None)
+        outputs = self.generate(prompts, config) if prompts else []
+        return [{"messages": p, **asdict(g)} for p, g in zip(prompts, outputs, strict=True)]
 
     def logits(self, items: Iterable[str | dict[str, Any]]) -> list[torch.Tensor]:
         """Raw logits per input: ``(num_labels,)`` for sequence tasks, ``(tokens, num_labels)`` for token tasks."""
@@ -155,7 +214,7 @@ class Predictor:
         out = self._run(examples, with_labels=True, keep_logits=False)
         result = self.task.evaluate(examples, out.predictions, self.labels)
         if out.loss is not None:
-            result.headline["loss"] = out.loss
+            result.headline.setdefault("loss", out.loss)
         return result, out.predictions
 
     def evaluate(self, path: str | Path, **data_overrides: Any) -> EvalOutput:

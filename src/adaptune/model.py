@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from adaptune.backbone import Backbone
+from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, Method
+from adaptune.methods.virtual import positions_from_mask
 from adaptune.tasks.base import Task
 
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -38,11 +41,20 @@ class AdaptedModel(nn.Module):
             tokenizer=backbone.tokenizer,
         )
         method.attach(self.backbone, ctx)
+        #: A decoder's frozen LM head ``d -> vocab`` (None for encoders): registered here so it moves with the
+        #: model, used by generation and the causal_lm task's head, never trained and never saved.
+        self.lm_head = backbone.lm_head
+        task.bind(backbone)
         self.head = task.build_head(backbone.hidden_size, len(labels), backbone.pooling)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
         prep = self.method.prepare_inputs(self.backbone, inputs)
+        if "position_ids" in batch:  # packed rows: several examples per row, each numbered from 0
+            prep.inputs = packed_inputs(prep.inputs, batch["position_ids"], prep.n_virtual)
+        elif self.info.is_decoder and "position_ids" not in prep.inputs and "attention_mask" in prep.inputs:
+            # count positions from the mask, so that left padding does not shift a row (absolute positions: GPT-2)
+            prep.inputs["position_ids"] = positions_from_mask(prep.inputs["attention_mask"])
         hidden = self.backbone(**prep.inputs).last_hidden_state
         if prep.n_virtual:
             hidden = hidden[:, prep.n_virtual :]
@@ -91,3 +103,21 @@ class AdaptedModel(nn.Module):
         self.backbone.requires_grad_(False)
         for param in self.trainable():
             param.requires_grad_(True)
+
+
+def packed_inputs(inputs: dict[str, Any], position_ids: torch.Tensor, n_virtual: int) -> dict[str, Any]:
+    """Backbone inputs for packed rows ``(B, T)``: per-example ``position_ids`` (restarting at 0 where an example
+    starts) and no 2-D attention mask, which makes transformers build a block-diagonal causal mask
+    (``find_packed_sequence_indices``), so no token attends to another example; padding at a row's end is its
+    own block. Methods that put virtual tokens or a key/value prefix in front cannot share a row between
+    examples: they are refused."""
+    if n_virtual or inputs.get("past_key_values") is not None:
+        raise ConfigError(
+            "task.pack packs several examples into one row, and this method puts virtual tokens or key/value "
+            "prefixes in front of the row; set task.pack=false for prompt or prefix tuning"
+        )
+    out = {k: v for k, v in inputs.items() if k != "attention_mask"}
+    out["position_ids"] = position_ids
+    out["use_cache"] = False  # with a cache transformers would not detect the packed blocks
+    return out
+

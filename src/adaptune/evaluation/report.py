@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adaptune.evaluation.generation import format_lm_report
 from adaptune.evaluation.metrics import format_report_markdown, format_report_table
 from adaptune.evaluation.plots import plot_confusion_matrix
 from adaptune.io import atomic_write_json, atomic_write_text
@@ -16,6 +17,8 @@ from adaptune.tasks.base import EvalOutput, Task
 def report_tables(report: dict[str, Any], split: str, markdown: bool = False) -> str:
     """The headline table of a report and, for tagging, the token-level table labelled as secondary."""
     fmt = format_report_markdown if markdown else format_report_table
+    if "perplexity" in report:  # causal language modelling
+        return format_lm_report(report, split, markdown)
     if "per_type" in report:
         main = fmt(report, f"{split}: entity level, strict ({report.get('scheme', '')}) (headline)")
         token = report.get("token_level")

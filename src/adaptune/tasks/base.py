@@ -31,6 +31,7 @@ class Encoded:
             positions that carry no label (token tasks); None when unlabelled.
         word_index: token tasks: for each position, the index of the word whose first sub-token it is, else -1.
         truncated: True when tokens were cut to fit ``max_length``.
+        dropped_tokens: how many tokens were cut.
     """
 
     input_ids: list[int]
@@ -38,6 +39,7 @@ class Encoded:
     target: Any = None
     word_index: list[int] | None = None
     truncated: bool = False
+    dropped_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -96,7 +98,30 @@ class Task(ABC, Generic[E]):
     def encode(self, example: E, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int) -> Encoded:
         """Tokenise one example (no padding: batches are padded dynamically)."""
 
+    def truncation_note(self, split: str, encoded: Sequence[Encoded], max_length: int) -> str | None:
+        """A line for the run's notes saying how many examples (and tokens) were cut; None when none were."""
+        cut = [e for e in encoded if e.truncated]
+        if not cut:
+            return None
+        tokens = sum(e.dropped_tokens for e in cut)
+        return f"{split}: {len(cut)} of {len(encoded)} examples truncated to {max_length} tokens" + (
+            f" ({tokens} tokens dropped)" if tokens else ""
+        )
+
+    def training_examples(self, encoded: list[Encoded], max_length: int) -> list[Encoded]:
+        """The training set as the loop sees it (the causal LM task packs examples into rows); default: as is."""
+        return encoded
+
     # -- model ----------------------------------------------------------------------------------------------
+    def bind(self, backbone: Any) -> None:
+        """Called once with the loaded :class:`~adaptune.backbone.Backbone` before :meth:`build_head`, for tasks
+        that need more than its width (the causal LM task keeps its frozen LM head). Default: nothing."""
+
+    def extra_evaluation(self, model: Any, examples: Sequence[E], folder: Any, split: str) -> dict[str, float]:
+        """Headline figures that need the whole model after training (generation metrics), written next to the
+        split's report in ``folder``; default: none."""
+        return {}
+
     @abstractmethod
     def build_head(self, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
         """The task head: ``head(hidden_states (B, T, d), batch) -> logits``."""

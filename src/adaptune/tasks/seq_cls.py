@@ -99,7 +99,8 @@ class SequenceClassification(Task[TextExample]):
         self, example: TextExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
     ) -> Encoded:
         enc = tokenizer(example.text, example.text_pair, truncation=False)
-        truncated = len(enc["input_ids"]) > max_length
+        full_length = len(enc["input_ids"])
+        truncated = full_length > max_length
         if truncated:
             enc = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
         return Encoded(
@@ -107,6 +108,7 @@ class SequenceClassification(Task[TextExample]):
             token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
             target=self._target(example, labels) if example.labels else None,
             truncated=truncated,
+            dropped_tokens=max(0, full_length - max_length),
         )
 
     def _target(self, example: TextExample, labels: Sequence[str]) -> Any:

@@ -1,0 +1,234 @@
+"""Text generation with an adapted decoder: greedy or sampled decoding over the model's KV cache.
+
+``generate(model, prompts, config)`` decodes a batch (left-padded, one forward per new token with the key/value
+cache); ``stream(model, prompt, config)`` yields the text of one prompt as it grows. Both run the same loop:
+
+1. prefill: the prompts ``(B, T)`` go through the method's input hook (``Method.prepare_inputs``), so prompt
+   tuning's virtual tokens ``(B, n + T, d)`` and prefix tuning's key/value prefixes (a cache of length ``n``)
+   are in place, with position ids counted from the attention mask (left padding does not shift them);
+2. step: the last position's hidden state ``(B, d)`` -> the frozen LM head -> logits ``(B, V)`` -> next token
+   ``(B,)`` (argmax, or a sample after temperature, top-k and top-p); the token goes in alone ``(B, 1)`` with
+   the cache, the mask grows by one column and each row's position by one.
+
+LoRA and the other weight methods act through their hooks, merged or not. A row finishes at an end-of-turn
+token (``finish_reason="stop"``, the token not shown), at a stop string (cut before it, ``"stop"``), or after
+``max_new_tokens`` (``"length"``).
+
+Prompts: a list of ``{"role", "content"}`` messages is rendered with the chat template and its generation
+prompt; a string is one user message (``chat=True``, the default) or raw text continued as is (``chat=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaptune.data.chat import Message, prompt_ids, stop_token_ids, template_for
+from adaptune.errors import ConfigError
+from adaptune.methods.virtual import positions_from_mask
+from adaptune.model import AdaptedModel
+
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+class GenerationConfig(BaseModel):
+    """Decoding options (the same for the Python API, the CLI, the server and evaluation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens to generate per prompt.")
+    do_sample: bool = Field(False, description="Sample (temperature, top-k, top-p) instead of greedy argmax.")
+    temperature: float = Field(1.0, gt=0, le=100, description="Sampling: logits are divided by it.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this mass.")
+    top_k: int = Field(0, ge=0, description="Sampling: keep the k most likely tokens; 0 keeps all.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end the generation (not included).")
+    seed: int | None = Field(None, description="Seed of the sampler; None uses torch's global generator.")
+
+
+@dataclass
+class Generation:
+    """One prompt's result: the text, token counts, and why it ended (``stop`` or ``length``)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass
+class _Row:
+    """One prompt's decoding state: generated ids and text, with stop strings and end-of-turn tokens applied."""
+
+    tokenizer: Any
+    stops: list[str]
+    stop_ids: set[int]
+    max_new: int
+    ids: list[int] = field(default_factory=list)
+    generated: int = 0
+    text: str = ""
+    finish: Literal["stop", "length"] | None = None
+    shown: int = 0
+
+    def add(self, token: int) -> None:
+        """Take the next generated token (ignored once finished)."""
+        if self.finish is not None:
+            return
+        self.generated += 1
+        if token in self.stop_ids:
+            self.finish = "stop"
+            return
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.finish = self.text[:cut], "stop"
+        elif self.generated >= self.max_new:
+            self.finish = "length"
+
+    def delta(self) -> str:
+        """Text not yet shown that can no longer change: an incomplete UTF-8 character (``\\ufffd``) at the end,
+        or an ending that may be the start of a stop string, is held back until the row finishes."""
+        safe = self.text
+        if self.finish is None:
+            safe = safe.rstrip("\ufffd")
+            held = max((k for s in self.stops for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
+            safe = safe[: len(safe) - held]
+        out = safe[self.shown :] if len(safe) > self.shown else ""
+        self.shown = max(self.shown, len(safe))
+        return out
+
+
+def _as_messages(prompt: Prompt, chat: bool) -> tuple[Message, ...] | str:
+    if isinstance(prompt, str):
+        return (Message("user", prompt),) if chat else prompt
+    return tuple(Message(str(m["role"]), str(m["content"])) for m in prompt)
+
+
+def _encode_prompts(
+    model: AdaptedModel, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool
+) -> list[list[int]]:
+    """Token ids of every prompt, cut from the left so that prompt + max_new_tokens fit the position table."""
+    tokenizer, template = model.info.tokenizer, _template(model)
+    rows = []
+    for prompt in prompts:
+        messages = _as_messages(prompt, chat)
+        if isinstance(messages, str):
+            ids = list(tokenizer(messages, add_special_tokens=True)["input_ids"])
+        else:
+            ids = prompt_ids(tokenizer, messages, template)
+        if not ids:
+            raise ConfigError("an empty prompt cannot be continued")
+        limit = model.info.max_positions
+        if limit is not None:
+            ids = ids[-max(1, limit - config.max_new_tokens) :]
+        rows.append(ids)
+    return rows
+
+
+def _template(model: AdaptedModel) -> str:
+    return template_for(model.info.tokenizer, getattr(model.task.config, "chat_template", None))
+
+
+def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ``(B,)`` from logits ``(B, V)``."""
+    if not config.do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / config.temperature
+    if config.top_k > 0:
+        kth = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(-1) - probs >= config.top_p  # mass before the token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _steps(model: AdaptedModel, rows: list[list[int]], config: GenerationConfig) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row ``(B,)``, forever (the caller stops); left padding, KV cache."""
+    lm_head = model.lm_head
+    if lm_head is None:
+        raise ConfigError(f"{model.info.name} has no LM head (a bare base model or an encoder): it cannot generate")
+    device = next(model.backbone.parameters()).device
+    width, pad = max(map(len, rows)), int(model.info.tokenizer.pad_token_id or 0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, device=device)
+        mask[i, width - len(row) :] = 1
+    inputs = dict(model.method.prepare_inputs(model.backbone, {"input_ids": ids, "attention_mask": mask}).inputs)
+    mask = inputs["attention_mask"]
+    inputs.setdefault("position_ids", positions_from_mask(mask))
+    position = inputs["position_ids"][:, -1:]
+    generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
+    out = model.backbone(**inputs, use_cache=True)
+    while True:
+        hidden = out.last_hidden_state[:, -1]
+        token = _pick(lm_head(hidden.to(lm_head.weight.dtype)), config, generator)
+        yield token
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        position = position + 1
+        out = model.backbone(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+
+
+def _rows(model: AdaptedModel, config: GenerationConfig, count: int) -> list[_Row]:
+    tokenizer = model.info.tokenizer
+    stop_ids = stop_token_ids(tokenizer, _template(model))
+    return [_Row(tokenizer, list(config.stop), stop_ids, config.max_new_tokens) for _ in range(count)]
+
+
+def _run(model: AdaptedModel, rows: list[_Row], ids: list[list[int]], config: GenerationConfig) -> Iterator[None]:
+    """Drive :func:`_steps` until every row has finished; yields after each step (for streaming)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for tokens in _steps(model, ids, config):
+                for row, token in zip(rows, tokens.tolist(), strict=True):
+                    row.add(int(token))
+                yield
+                if all(row.finish is not None for row in rows):
+                    return
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: AdaptedModel, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = True
+) -> list[Generation]:
+    """Generate for a batch of prompts (left-padded together); results in prompt order."""
+    config = config or GenerationConfig()
+    if not prompts:
+        return []
+    ids = _encode_prompts(model, prompts, config, chat)
+    rows = _rows(model, config, len(ids))
+    for _ in _run(model, rows, ids, config):
+        pass
+    return [
+        Generation(row.text, len(prompt), row.generated, row.finish or "length")
+        for row, prompt in zip(rows, ids, strict=True)
+    ]
+
+
+def stream(
+    model: AdaptedModel, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = True
+) -> Iterator[str]:
+    """Yield the generated text of one prompt in pieces (deltas); joined, they equal :func:`generate`'s text."""
+    config = config or GenerationConfig()
+    ids = _encode_prompts(model, [prompt], config, chat)
+    rows = _rows(model, config, 1)
+    for _ in _run(model, rows, ids, config):
+        piece = rows[0].delta()
+        if piece:
+            yield piece

@@ -1,0 +1,288 @@
+"""``causal_lm``: supervised fine-tuning of a decoder on conversations (instruction tuning).
+
+Data: Alpaca, ShareGPT or OpenAI-message records (:mod:`adaptune.data.chat`), rendered with the model's chat
+template. Loss: next-token cross-entropy on the assistant turns only (their end-of-turn token included),
+
+    L = - (1 / N) sum_{t in R} log p(x_{t+1} | x_{<=t})       R: positions whose next token is a response token
+
+and the frozen LM head runs only on those ``N`` positions: ``(N, d) -> (N, V)`` instead of ``(B, T, V)``.
+
+Packing (``pack: true``): training examples are concatenated into rows of at most ``max_length`` tokens; each
+keeps its own position ids (0, 1, ... from its first token) and the model gets no 2-D mask, so transformers
+builds a block-diagonal causal mask from the position ids: no token attends to another example (tested against
+the examples run one by one). Targets are shifted inside each example, so no example predicts the next one's
+first token. Evaluation batches are never packed.
+
+Evaluation: held-out loss (token-weighted) and perplexity ``exp(loss)``; with ``eval_generate: N`` the final
+evaluation also generates for the first ``N`` examples and scores exact match, ROUGE-L, chrF and BLEU
+(:mod:`adaptune.evaluation.generation`), writing ``generations_<split>.jsonl`` (prompt, reference, generation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.chat import ChatExample, Message, chat_from_row, prompt_ids, template_for, tokenize_conversation
+from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl_rows
+from adaptune.data.formats.source import Location, Row, read_text_file
+from adaptune.errors import ConfigError, DataError
+from adaptune.generation import GenerationConfig
+from adaptune.registry import register_task
+from adaptune.tasks.base import Encoded, EvalOutput, Task
+from adaptune.tasks.pooling import pool
+
+IGNORE = -100
+
+
+class CausalLMConfig(TaskConfig):
+    """Supervised fine-tuning settings."""
+
+    name: Literal["causal_lm"] = "causal_lm"
+    pack: bool = Field(False, description="Pack training examples into rows of max_length (isolated attention).")
+    holdout: int = Field(
+        0,
+        ge=0,
+        description="When data.dev is the same file as data.train: its last N rows are the dev set and are left "
+        "out of training (for data without a split, such as Alpaca).",
+    )
+    eval_generate: int = Field(0, ge=0, description="Final evaluation: generate for the first N examples and score.")
+    generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=128),
+        description="Decoding options of eval_generate.",
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template to use instead of the tokenizer's own (or the plain fallback)."
+    )
+
+
+@dataclass
+class PackedEncoded(Encoded):
+    """Several examples in one row; ``segments`` are their lengths, in order."""
+
+    segments: list[int] = field(default_factory=list)
+
+
+class CausalLMHead(nn.Module):
+    """The frozen LM head at the positions that are scored.
+
+    ``forward(hidden (B, T, d), batch)``: with ``labels`` ``(B, T)``, the logits ``(N, V)`` of the ``N``
+    positions whose label is not -100 (row-major order); without, the logits ``(B, V)`` of each row's last real
+    token. The LM head is held outside the module tree: it has no trainable or saved tensors.
+    """
+
+    def __init__(self, lm_head: nn.Module) -> None:
+        super().__init__()
+        self._frozen = (lm_head,)
+
+    def forward(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        lm_head = self._frozen[0]
+        if "labels" in batch:
+            states = hidden[batch["labels"] != IGNORE]
+        else:
+            states = pool(hidden, batch["attention_mask"], "last")
+        return lm_head(states.to(lm_head.weight.dtype))  # type: ignore[no-any-return]
+
+
+def _next_token_targets(ids: list[int], trained: list[bool]) -> list[int]:
+    """``target[t] = ids[t + 1]`` where token ``t + 1`` is trained, else -100 (the last position too)."""
+    return [ids[t + 1] if trained[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+
+
+@register_task("causal_lm", CausalLMConfig)
+class CausalLM(Task[ChatExample]):
+    """Instruction tuning / chat fine-tuning of a decoder: loss on the assistant's tokens only."""
+
+    config: CausalLMConfig
+    default_metric = "loss"
+    label_field = "output"
+    #: Predictor.predict generates for this task.
+    generative = True
+
+    def __init__(self, config: CausalLMConfig) -> None:
+        super().__init__(config)
+        self._lm_head: nn.Module | None = None
+        self._template: str | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    # -- data -------------------------------------------------------------------------------------------
+    def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[ChatExample]:
+        file = Path(path)
+        fmt = data.format if data.format != "auto" else ("jsonl" if file.suffix in (".jsonl", ".ndjson") else "json")
+        if fmt not in ("json", "jsonl"):
+            raise DataError(f"causal_lm reads JSON or JSON Lines files, not {fmt}", file=path)
+        text = read_text_file(file)
+        rows = read_json_rows(text, path) if json_kind(text) == "json" else read_jsonl_rows(text, path)
+        examples = [chat_from_row(row) for row in rows]
+        held = self.config.holdout
+        if held and data.train and data.dev and Path(data.train).resolve() == Path(data.dev).resolve():
+            if held >= len(examples):
+                raise ConfigError(f"task.holdout = {held} leaves no training rows in {path} ({len(examples)} rows)")
+            same_file = file.resolve() == Path(data.train).resolve()
+            if same_file and split == "train":
+                examples = examples[:-held]
+            elif same_file and split == "dev":
+                examples = examples[-held:]
+        if require_labels:
+            for ex in examples:
+                if ex.last_assistant() is None:
+                    raise DataError("has no assistant turn to learn", file=ex.source or path, field=self.label_field)
+        return examples
+
+    def parse_input(self, item: str | dict[str, Any]) -> ChatExample:
+        if isinstance(item, str):
+            if not item.strip():
+                raise DataError("needs a non-empty prompt", field="prompt")
+            return ChatExample((Message("user", item),))
+        if isinstance(item.get("prompt"), str):
+            return self.parse_input(item["prompt"])
+        return self.without_labels(chat_from_row(Row(Location("<input>", 1), item)))
+
+    def label_names(self, examples: Sequence[ChatExample]) -> list[str]:
+        return []
+
+    def gold(self, example: ChatExample) -> Sequence[str]:
+        return ()
+
+    def without_labels(self, example: ChatExample) -> ChatExample:
+        return replace(example, messages=example.prompt)
+
+    def encode(
+        self, example: ChatExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
+    ) -> Encoded:
+        template = self.template(tokenizer)
+        if example.last_assistant() is None:  # a prompt: what generation starts from
+            ids = prompt_ids(tokenizer, example.messages, template)
+            return Encoded(
+                ids[-max_length:], truncated=len(ids) > max_length, dropped_tokens=max(0, len(ids) - max_length)
+            )
+        ids, trained = tokenize_conversation(tokenizer, example, template)
+        dropped = max(0, len(ids) - max_length)
+        ids, trained = ids[:max_length], trained[:max_length]
+        return Encoded(ids, target=_next_token_targets(ids, trained), truncated=dropped > 0, dropped_tokens=dropped)
+
+    def template(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        return template_for(tokenizer, self.config.chat_template)
+
+    def truncation_note(self, split: str, encoded: Sequence[Encoded], max_length: int) -> str | None:
+        note = super().truncation_note(split, encoded, max_length)
+        lost = sum(1 for e in encoded if e.target is not None and all(t == IGNORE for t in e.target))
+        if lost:
+            note = (note or split) + f"; {lost} example(s) kept no response token and add nothing to the loss"
+        return note
+
+    def training_examples(self, encoded: list[Encoded], max_length: int) -> list[Encoded]:
+        """With ``pack``: consecutive examples joined into rows of at most ``max_length`` tokens."""
+        if not self.config.pack:
+            return encoded
+        rows: list[PackedEncoded] = []
+        for item in encoded:
+            if not rows or len(rows[-1]) + len(item) > max_length:
+                rows.append(PackedEncoded([], target=[], segments=[]))
+            row = rows[-1]
+            row.input_ids += item.input_ids
+            row.target += item.target
+            row.segments.append(len(item))
+        return list(rows)
+
+    # -- model ------------------------------------------------------------------------------------------
+    def bind(self, backbone: Any) -> None:
+        if backbone.lm_head is None:
+            raise ConfigError(
+                f"task 'causal_lm' needs a language model with an LM head; {backbone.name} has none "
+                "(an encoder, or a checkpoint saved without its head)"
+            )
+        self._lm_head, self._tokenizer = backbone.lm_head, backbone.tokenizer
+
+    def build_head(self, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
+        assert self._lm_head is not None, "bind() comes first"
+        return CausalLMHead(self._lm_head)
+
+    def collate(self, encoded: Sequence[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad ids and targets (-100) to the longest row; packed rows get per-example ``position_ids`` (padding
+        at a row's end is a block of its own) and are right-padded whatever ``padding_side`` says."""
+        packed = any(isinstance(e, PackedEncoded) for e in encoded)
+        side = "right" if packed else padding_side
+        batch = super().collate([replace(e, target=None) for e in encoded], pad_id, side)
+        width = batch["input_ids"].shape[1]
+        if all(e.target is not None for e in encoded):
+            labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+            for row, item in enumerate(encoded):
+                span = slice(width - len(item), width) if side == "left" else slice(0, len(item))
+                labels[row, span] = torch.tensor(item.target, dtype=torch.long)
+            batch["labels"] = labels
+        if not packed:
+            return batch
+        positions = torch.zeros_like(batch["input_ids"])
+        for row, item in enumerate(encoded):
+            lengths = [*getattr(item, "segments", [len(item)]), positions.shape[1] - len(item)]
+            positions[row] = torch.cat([torch.arange(n) for n in lengths if n])
+        batch["position_ids"] = positions
+        return batch
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch["labels"][batch["labels"] != IGNORE]
+        if labels.numel() == 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), labels)
+
+    def decode(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: Sequence[Encoded]) -> list[Any]:
+        """Per example ``(summed negative log-likelihood, scored tokens)``; unlabelled: the next token's id."""
+        if "labels" not in batch:
+            return [(int(i), None) for i in logits.argmax(-1)]
+        keep = batch["labels"] != IGNORE
+        nll = F.cross_entropy(logits.float(), batch["labels"][keep], reduction="none")
+        counts = keep.sum(1).tolist()
+        return [(float(part.sum()), int(n)) for part, n in zip(nll.split(counts), counts, strict=True)]
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def evaluate(
+        self, examples: Sequence[ChatExample], predictions: Sequence[Any], labels: Sequence[str]
+    ) -> EvalOutput:
+        total = sum(p[0] for p in predictions)
+        tokens = sum(p[1] or 0 for p in predictions)
+        loss = total / tokens if tokens else float("nan")
+        report = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "examples": len(examples)}
+        return EvalOutput(report=report, headline={"loss": loss, "perplexity": report["perplexity"]})
+
+    def to_output(self, example: ChatExample, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"messages": [m.as_dict() for m in example.prompt], "reference": example.reference}
+        total, tokens = prediction
+        if tokens:
+            out["loss"] = total / tokens
+        return out
+
+    def extra_evaluation(
+        self, model: Any, examples: Sequence[ChatExample], folder: Any, split: str
+    ) -> dict[str, float]:
+        """With ``eval_generate: N``: generate for the first N examples, score them, write the samples file."""
+        from adaptune.evaluation.generation import generation_scores
+        from adaptune.generation import generate
+        from adaptune.io import atomic_write_text
+
+        chosen = [ex for ex in examples if ex.last_assistant() is not None][: self.config.eval_generate]
+        if not chosen:
+            return {}
+        prompts = [[m.as_dict() for m in ex.prompt] for ex in chosen]
+        outputs = generate(model, prompts, self.config.generation)
+        references = [ex.reference for ex in chosen]
+        lines = [
+            json.dumps(
+                {"prompt": p, "reference": r, "generation": g.text, "finish_reason": g.finish_reason},
+                ensure_ascii=False,
+            )
+            for p, r, g in zip(prompts, references, outputs, strict=True)
+        ]
+        atomic_write_text(Path(folder) / f"generations_{split}.jsonl", "\n".join(lines) + "\n")
+        return generation_scores(references, [g.text for g in outputs])

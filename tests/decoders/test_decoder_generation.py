@@ -1,0 +1,132 @@
+"""Generation: greedy equals a cache-free argmax loop, stop strings, max tokens, batching, streaming, merging,
+prefix and prompt tuning, sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lm_tools import adapted, naive_greedy, randomise_adapter
+
+from adaptune.data.chat import Message, prompt_ids, stop_token_ids, template_for
+from adaptune.generation import GenerationConfig, _Row, generate, stream
+
+PROMPTS = ["hello there , how are you", "tell me about the weather today in the city", "one"]
+GREEDY = GenerationConfig(max_new_tokens=12)
+
+
+def _ids(model: object, text: str) -> list[int]:
+    tokenizer = model.info.tokenizer  # type: ignore[attr-defined]
+    return prompt_ids(tokenizer, [Message("user", text)], template_for(tokenizer))
+
+
+def _tokens(model: object, text: str) -> list[int]:
+    return model.info.tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "lora", "r": 4},
+        {"name": "prefix", "num_virtual_tokens": 3, "prefix_hidden": 16},
+        {"name": "prompt", "num_virtual_tokens": 3},
+    ],
+    ids=["lora", "prefix", "prompt"],
+)
+def test_greedy_equals_naive_argmax_loop(tiny_lm: Path, method: dict) -> None:
+    model = adapted(tiny_lm, method)
+    randomise_adapter(model)
+    config = GenerationConfig(max_new_tokens=12, stop=[])
+    for text in PROMPTS:
+        out = generate(model, [text], config)[0]
+        expected = naive_greedy(model, _ids(model, text), out.completion_tokens)
+        stops = stop_token_ids(model.info.tokenizer, template_for(model.info.tokenizer))
+        shown = [t for t in expected if t not in stops]
+        assert out.text == model.info.tokenizer.decode(shown, skip_special_tokens=True)
+        assert out.prompt_tokens == len(_ids(model, text)) and out.completion_tokens >= 1
+
+
+def test_max_new_tokens_and_length_reason(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    out = generate(model, PROMPTS, GenerationConfig(max_new_tokens=3))
+    for item in out:
+        assert item.completion_tokens <= 3
+        assert item.finish_reason == ("length" if item.completion_tokens == 3 else "stop")
+
+
+def test_stop_string_cuts_before_it(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    full = generate(model, [PROMPTS[1]], GREEDY)[0]
+    words = full.text.split()
+    assert len(words) >= 3, full.text
+    stop = words[2]
+    cut = generate(model, [PROMPTS[1]], GREEDY.model_copy(update={"stop": [stop]}))[0]
+    assert cut.text == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
+    assert cut.completion_tokens < full.completion_tokens
+
+
+def test_end_of_turn_token_stops_and_is_not_shown(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    tokenizer = model.info.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    row = _Row(tokenizer, [], stop_token_ids(tokenizer, template_for(tokenizer)), max_new=10)
+    for token in [*_tokens(model, "fine thanks"), end, *_tokens(model, "more")]:
+        row.add(token)
+    assert (row.text, row.finish, row.generated) == ("fine thanks", "stop", 3)
+
+
+def test_batch_with_left_padding_equals_one_by_one(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm, {"name": "prefix", "num_virtual_tokens": 3, "prefix_hidden": 16})
+    randomise_adapter(model)
+    together = generate(model, PROMPTS, GREEDY)
+    alone = [generate(model, [p], GREEDY)[0] for p in PROMPTS]
+    assert len({len(_ids(model, p)) for p in PROMPTS}) == 3  # the batch really is padded
+    assert together == alone
+
+
+def test_streaming_concatenates_to_the_generated_text(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    for config in (GREEDY, GREEDY.model_copy(update={"stop": ["the", "zzz"]})):
+        for text in PROMPTS:
+            pieces = list(stream(model, text, config))
+            assert "".join(pieces) == generate(model, [text], config)[0].text
+            assert all(pieces)
+
+
+def test_merged_and_unmerged_lora_generate_the_same(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm, {"name": "lora", "r": 4, "roles": ["query", "value", "ffn_out"]})
+    randomise_adapter(model, scale=0.3)
+    before = generate(model, PROMPTS, GREEDY)
+    model.method.merge(model.backbone)  # type: ignore[attr-defined]
+    assert generate(model, PROMPTS, GREEDY) == before
+    model.method.unmerge(model.backbone)  # type: ignore[attr-defined]
+    assert generate(model, PROMPTS, GREEDY) == before
+
+
+def test_raw_text_prompts_skip_the_template(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    raw = generate(model, ["the weather"], GREEDY, chat=False)[0]
+    assert raw.prompt_tokens == len(model.info.tokenizer("the weather")["input_ids"])
+    messages = generate(model, [[{"role": "user", "content": "the weather"}]], GREEDY)[0]
+    assert messages == generate(model, ["the weather"], GREEDY)[0]
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    sample = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    assert generate(model, PROMPTS, sample) == generate(model, PROMPTS, sample)
+    greedy_like = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=1, seed=5)
+    assert generate(model, PROMPTS, greedy_like) == generate(model, PROMPTS, GenerationConfig(max_new_tokens=10))
+    texts = {generate(model, [PROMPTS[0]], sample.model_copy(update={"seed": s}))[0].text for s in range(6)}
+    assert len(texts) > 1
+
+
+def test_top_p_keeps_the_smallest_set_with_that_mass() -> None:
+    from adaptune.generation import _pick
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    config = GenerationConfig(do_sample=True, top_p=0.7, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    seen = {int(_pick(logits, config, gen)) for _ in range(300)}
+    assert seen == {0, 1}
