@@ -1,0 +1,296 @@
+"""Load benchmark of ``adaptune serve``: 1 adapter vs 8 adapters mixed, over HTTP on loopback, and peft in-process.
+
+Setup: the real all-MiniLM-L6-v2 (the packaged copy, offline) and 8 LoRA seq_cls adapters (r=8 on query and value,
+``B`` and the head random, so every adapter answers differently; training is not needed to measure speed).
+Texts: the SST-2 dev sentences of ``../shared/data/sst2/dev.tsv``.
+
+1. ``adaptune serve`` runs in a subprocess with the 8 adapters. A fixed offered load of ``--clients`` concurrent
+   closed-loop clients (asyncio + httpx in this process) sends ``--requests`` classify requests of
+   ``--texts-per-request`` texts each: first all to one adapter, then spread over the 8 (adapter ``i % 8`` for
+   request ``i``). Measured: requests/s, examples/s, p50/p99 request latency, errors (non-200 answers).
+2. peft in-process: the same base in transformers with 8 LoRA adapters (same shapes), the same texts in batches
+   of ``--peft-batch`` (32), fp32, each row with its own adapter through peft's ``adapter_names=`` argument; every
+   example counts as one request, latency is per batch.
+
+Records go to ``benchmarks/results/serve.json`` as ``{"adapters", "tool", "requests_per_s", "examples_per_s",
+"p50_ms", "p99_ms", "errors", ...}``, with ``serve.md`` (table) and ``serve.png`` (chart) beside it.
+
+    .venv/bin/python benchmarks/serve_load.py            # full run (quiet machine: a few minutes)
+    .venv/bin/python benchmarks/serve_load.py --quick    # smoke run, written to /tmp/serve_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from adaptune.backbone import fingerprint, load_backbone
+from adaptune.config import ModelConfig, validate_config
+from adaptune.inference import build_model
+from adaptune.io import save_adapter
+from adaptune.peft_interop.importer import describe_adapter
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+ROOT = Path(__file__).resolve().parents[1]
+SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+RESULTS = ROOT / "benchmarks" / "results"
+N_ADAPTERS = 8
+RANK = 8
+
+
+def sst2_texts(limit: int | None = None) -> list[str]:
+    """The SST-2 dev sentences (first column of the TSV, header skipped)."""
+    lines = SST2_DEV.read_text(encoding="utf-8").splitlines()[1:]
+    texts = [line.split("\t")[0].strip() for line in lines if line.strip()]
+    return texts[:limit] if limit else texts
+
+
+def make_adapters(folder: Path, count: int = N_ADAPTERS) -> list[str]:
+    """``count`` LoRA seq_cls adapters on MiniLM with random ``B`` and head (distinct seeds)."""
+    backbone = load_backbone(ModelConfig(name_or_path=MINILM))
+    base_fp, base_params = fingerprint(backbone.model), sum(p.numel() for p in backbone.model.parameters())
+    run = validate_config({"method": {"name": "lora", "r": RANK}, "task": {"name": "seq_cls"}})
+    names = []
+    for index in range(count):
+        torch.manual_seed(index)
+        model = build_model(backbone, run.method, run.task, ["negative", "positive"])
+        with torch.no_grad():
+            for name, param in model.adapter_parameters().items():
+                if "lora_b" in name:
+                    param.normal_(std=0.02)
+        description = describe_adapter(
+            model, name_or_path=MINILM, base_fingerprint=base_fp, base_params=base_params, max_length=128
+        )
+        names.append(f"sst2-lora-{index}")
+        save_adapter(folder / names[-1], model.trainable_state(), description)
+        model.method.detach(backbone.model)
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(adapters: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """``adaptune serve`` in a subprocess; returns once ``/health`` answers."""
+    command = [sys.executable, "-m", "adaptune.cli", "serve", "--base", MINILM, "--adapters", str(adapters)]
+    command += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    log = open(Path(tempfile.gettempdir()) / "adaptune-serve-load.log", "wb")  # noqa: SIM115 (lives with the process)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"adaptune serve exited with {process.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("adaptune serve did not start within 300 s")
+
+
+def summary(
+    tool: str, adapters: int, wall: float, latencies: list[float], examples: int, errors: int
+) -> dict[str, Any]:
+    """One result record."""
+    ordered = sorted(latencies)
+    pick = (lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000) if ordered else (lambda q: 0.0)
+    return {
+        "adapters": adapters,
+        "tool": tool,
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "examples_per_s": round(examples / wall, 2),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else 0.0,
+        "p99_ms": round(pick(0.99), 2),
+        "errors": errors,
+    }
+
+
+async def offered_load(url: str, jobs: list[tuple[str, list[str]]], clients: int) -> tuple[float, list[float], int]:
+    """Send ``jobs`` from ``clients`` concurrent closed-loop clients; ``(wall s, latencies s, errors)``."""
+    queue: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while not queue.empty():
+                adapter, texts = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/v1/classify", json={"adapter": adapter, "inputs": texts})
+                    ok = response.status_code == 200 and len(response.json()["predictions"]) == len(texts)
+                    problem = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+                except httpx.HTTPError as err:
+                    ok, problem = False, f"{type(err).__name__}: {err}"
+                if not ok and errors < 5:
+                    print(f"error: {problem}", file=sys.stderr, flush=True)
+                latencies.append(time.perf_counter() - started)
+                errors += 0 if ok else 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return wall, latencies, errors
+
+
+def make_jobs(names: list[str], texts: list[str], requests: int, per_request: int) -> list[tuple[str, list[str]]]:
+    """Request ``i``: adapter ``names[i % len(names)]``, the next ``per_request`` texts (cycling)."""
+    return [
+        (names[i % len(names)], [texts[(i * per_request + k) % len(texts)] for k in range(per_request)])
+        for i in range(requests)
+    ]
+
+
+def run_server_scenarios(names: list[str], folder: Path, texts: list[str], args: argparse.Namespace) -> list[dict]:
+    """1 adapter, then 8 mixed, against one running server at the same offered load."""
+    port = free_port()
+    process = start_server(folder, port, args)
+    url = f"http://127.0.0.1:{port}"
+    records = []
+    try:
+        warm = make_jobs(names, texts, args.clients * 2, args.texts_per_request)
+        asyncio.run(offered_load(url, warm, args.clients))
+        for adapters in (1, N_ADAPTERS):
+            jobs = make_jobs(names[:adapters], texts, args.requests, args.texts_per_request)
+            wall, latencies, errors = asyncio.run(offered_load(url, jobs, args.clients))
+            examples = args.requests * args.texts_per_request
+            record = summary("adaptune-server", adapters, wall, latencies, examples, errors)
+            records.append({**record, "clients": args.clients, "texts_per_request": args.texts_per_request})
+            print(json.dumps(records[-1]), flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return records
+
+
+def run_peft(texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """peft's mixed-adapter batch in-process: 8 LoRA adapters, ``adapter_names`` per row, batch 32, fp32."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    from adaptune.backbone import resolve_model
+
+    where = resolve_model(MINILM).path
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    base = AutoModel.from_pretrained(where, dtype=torch.float32).eval()
+    names = [f"a{i}" for i in range(N_ADAPTERS)]
+    config = LoraConfig(r=RANK, lora_alpha=16, target_modules=["query", "value"], init_lora_weights=False)
+    model = get_peft_model(base, config, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, config)
+    heads = [torch.nn.Linear(base.config.hidden_size, 2) for _ in names]
+    model.eval()
+    latencies: list[float] = []
+
+    def step(batch_texts: list[str], offset: int) -> None:
+        enc = tokenizer(batch_texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        rows = [names[(offset + k) % N_ADAPTERS] for k in range(len(batch_texts))]
+        hidden = model(**enc, adapter_names=rows).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        for index, head in enumerate(heads):
+            chosen = [k for k, row in enumerate(rows) if row == names[index]]
+            if chosen:
+                torch.softmax(head(pooled[chosen]), -1)
+
+    with torch.no_grad():
+        step(texts[: args.peft_batch], 0)  # warm-up
+        started = time.perf_counter()
+        for offset in range(0, len(texts), args.peft_batch):
+            t0 = time.perf_counter()
+            step(texts[offset : offset + args.peft_batch], offset)
+            latencies.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - started
+    record = summary("peft", N_ADAPTERS, wall, latencies, len(texts), 0)
+    record["requests_per_s"] = record["examples_per_s"]  # in-process, every example is one request
+    return {**record, "batch": args.peft_batch, "latency": "per batch"}
+
+
+def write_reports(records: list[dict[str, Any]], out: Path) -> None:
+    """JSON records, a markdown table and a bar chart beside them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    header = "| tool | adapters | requests/s | examples/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|\n"
+    rows = "".join(
+        f"| {r['tool']} | {r['adapters']} | {r['requests_per_s']} | {r['examples_per_s']} | {r['p50_ms']} | "
+        f"{r['p99_ms']} | {r['errors']} |\n"
+        for r in records
+    )
+    out.with_suffix(".md").write_text(header + rows, encoding="utf-8")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"{r['tool']}\n{r['adapters']} adapter(s)" for r in records]
+    ax.bar(labels, [r["examples_per_s"] for r in records], color=["#4c72b0", "#55a868", "#c44e52"][: len(records)])
+    ax.set_ylabel("examples / s")
+    ax.set_title("MiniLM, SST-2 dev, LoRA r=8 (serve_load.py)")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Small smoke run; results to /tmp/serve_quick.json.")
+    parser.add_argument("--clients", type=int, default=64, help="Concurrent closed-loop clients (offered load).")
+    parser.add_argument("--requests", type=int, default=1600, help="Requests per scenario.")
+    parser.add_argument("--texts-per-request", type=int, default=1, help="Texts in each classify request.")
+    parser.add_argument("--max-batch", type=int, default=32, help="Server: rows per forward pass.")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="Server: wait for a batch to fill.")
+    parser.add_argument("--peft-batch", type=int, default=32, help="peft: batch size.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the server and of peft.")
+    parser.add_argument("--out", type=Path, default=None, help="Results JSON (default results/serve.json).")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests = min(args.requests, 192)
+    args.out = args.out or (Path(tempfile.gettempdir()) / "serve_quick.json" if args.quick else RESULTS / "serve.json")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    texts = sst2_texts(256 if args.quick else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "adapters"
+        names = make_adapters(folder)
+        records = run_server_scenarios(names, folder, texts, args)
+    records.append(run_peft(texts, args))
+    print(json.dumps(records[-1]), flush=True)
+    write_reports(records, args.out)
+    one, mixed, peft = records
+    print(
+        f"8 mixed / 1 adapter: {mixed['requests_per_s'] / one['requests_per_s']:.3f}x (target >= 0.95); "
+        f"server 8 mixed / peft 8 mixed, examples/s: {mixed['examples_per_s'] / peft['examples_per_s']:.3f}x "
+        f"(target >= 1); errors {one['errors'] + mixed['errors']}; written to {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

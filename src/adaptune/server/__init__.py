@@ -1,0 +1,51 @@
+"""``adaptune serve``: one base model, every adapter of a folder, mixed-adapter micro-batches over HTTP.
+
+Needs the ``server`` extra (FastAPI, uvicorn); nothing here imports them until a server is built, so
+``import adaptune`` works without them. Parts: :mod:`.engine` (the model side, no HTTP), :mod:`.batched`
+(per-row adapter layers), :mod:`.batcher` (asyncio micro-batcher), :mod:`.app` (routes and limits),
+:mod:`.openai` (OpenAI-compatible and generation routes), :mod:`.metrics` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from adaptune.server.app import ServerSettings
+
+
+def build_app(base: str, adapters: str | Path, settings: ServerSettings | None = None) -> FastAPI:
+    """Load ``base`` once and every compatible adapter of ``adapters``; return the FastAPI app serving them."""
+    from adaptune.server.app import ServerSettings, create_app
+    from adaptune.server.engine import MultiAdapterEngine
+
+    settings = settings or ServerSettings()
+    engine = MultiAdapterEngine(base, adapters, max_input_tokens=settings.max_input_tokens)
+    return create_app(engine, settings)
+
+
+def serve(
+    base: str,
+    adapters: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServerSettings | None = None,
+    log_level: str = "info",
+    threads: int | None = None,
+) -> None:
+    """Build the app (:func:`build_app`) and run it on uvicorn until interrupted; ``threads`` sets torch's
+    intra-op threads (a busy or small machine serves faster with fewer threads than cores)."""
+    import torch
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    uvicorn.run(build_app(base, adapters, settings), host=host, port=port, log_level=log_level)
+
+
+__all__ = ["build_app", "serve"]

@@ -1,0 +1,307 @@
+"""The HTTP layer: FastAPI routes over :class:`~adaptune.server.engine.MultiAdapterEngine` (thin; no model code).
+
+Routes: ``POST /v1/classify``, ``POST /v1/tag``, ``POST /v1/generate``; OpenAI-compatible ``GET /v1/models``,
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (SSE streaming; :mod:`adaptune.server.openai`);
+adapter admin ``GET /v1/adapters`` and ``POST /v1/adapters/{name}/load|unload|reload``; ``GET /health``;
+``GET /metrics`` (Prometheus text). Every error is ``{"error": {"type", "limit", "message"}}`` with a 4xx/5xx.
+
+Limits (:class:`ServerSettings`): inputs per request (``max_batch``, also the most rows of one forward pass),
+tokens per input (``max_input_tokens``), request body bytes (``max_body_bytes``, 413). With ``api_key`` set,
+everything except ``/health`` and ``/openapi.json`` needs ``Authorization: Bearer <key>`` (else 401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adaptune import __version__
+from adaptune.server.batcher import MicroBatcher
+from adaptune.server.engine import CLASSIFY_TASKS, TAG_TASKS, MultiAdapterEngine
+from adaptune.server.errors import ServeError, limit_error
+from adaptune.server.metrics import ServingMetrics
+from adaptune.server.schemas import AdapterAction, AdapterList, ErrorBody, Health, PredictRequest, PredictResponse
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)}
+
+
+#: Requests with at most this many characters of input are tokenised on the event loop.
+INLINE_TOKENIZE_CHARS = 8192
+
+
+def _size(inputs: list[Any]) -> int:
+    """Characters of input in a request (strings, and the string values of objects)."""
+    return sum(len(item) if isinstance(item, str) else sum(len(str(v)) for v in item.values()) for item in inputs)
+
+
+@dataclass
+class ServerSettings:
+    """Limits and batching of one server (the ``adaptune serve`` options)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_input_tokens: int = 512
+    max_body_bytes: int = 1_000_000
+    api_key: str | None = None
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` with a 413 before the app parses it.
+
+    The body is read here (at most ``max_bytes + 1`` bytes are kept) and replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send, int(declared))
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(send, size)
+                return
+            more = bool(message.get("more_body"))
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        error = limit_error(
+            "max_body_bytes", f"request body of {size}+ bytes; this server's max_body_bytes is {self.max_bytes}", 413
+        )
+        payload = json.dumps(error.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class RequestMetrics:
+    """ASGI middleware (outermost): count every answered request by route template and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "<unmatched>"  # e.g. refused before routing (413)
+            self.metrics.observe_request(path, scope.get("method", ""), status, time.perf_counter() - started)
+
+
+def _error_response(err: ServeError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_serve_error(_request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, ServeError)
+        return _error_response(err)
+
+    async def on_validation(_request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, RequestValidationError)
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid"))
+        return _error_response(ServeError(422, "invalid_request", message))
+
+    async def on_http(_request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return _error_response(ServeError(err.status_code, kind, str(err.detail)))
+
+    app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def api_key_check(api_key: str | None) -> Callable[..., Awaitable[None]]:
+    """A dependency that demands ``Authorization: Bearer <api_key>`` (nothing when ``api_key`` is None)."""
+    bearer = HTTPBearer(auto_error=False, description="The server's --api-key, when it was started with one.")
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if api_key is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise ServeError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    return check
+
+
+class Service:
+    """What the routes share: the engine, the batcher, the tokenising thread, the limits and the metrics."""
+
+    def __init__(self, engine: MultiAdapterEngine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        engine.max_input_tokens = settings.max_input_tokens  # one source for the limit
+        self.batcher = MicroBatcher(engine.run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
+        self.metrics = ServingMetrics(lambda: float(len(engine.entries)), lambda: float(self.batcher.queued))
+        engine.observers.append(self.metrics.observe_batch)
+        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-tokenize")
+        self.generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-generate")
+        self.admin_lock = asyncio.Lock()
+
+    def check_count(self, count: int) -> None:
+        """Refuse more inputs in one request than one forward pass takes."""
+        if count > self.settings.max_batch:
+            raise limit_error(
+                "max_batch", f"{count} inputs in one request; this server's max_batch is {self.settings.max_batch}"
+            )
+
+    async def predict(self, body: PredictRequest, tasks: frozenset[str]) -> JSONResponse:
+        """Validate and tokenise, then queue the rows for a mixed batch. Small requests are tokenised on the event
+        loop (a thread hop costs more than the tokenizer); large ones on the tokenising thread."""
+        self.check_count(len(body.inputs))
+        if _size(body.inputs) <= INLINE_TOKENIZE_CHARS:
+            rows = self.engine.prepare(body.adapter, body.inputs, tasks)
+        else:
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(self.prep, self.engine.prepare, body.adapter, body.inputs, tasks)
+        predictions = await self.batcher.submit(rows)
+        # the body is PredictResponse; built directly, since validating every nested prediction again costs more
+        # than the rest of the request's HTTP handling
+        return JSONResponse({"adapter": body.adapter, "predictions": predictions})
+
+    async def admin(self, name: str, action: str) -> AdapterAction:
+        """Load, unload or reload (one at a time; the model keeps serving meanwhile)."""
+        async with self.admin_lock:
+            if action == "unload":
+                await asyncio.to_thread(self.engine.unload, name)
+                return AdapterAction(name=name, status="unloaded")
+            fn = self.engine.load if action == "load" else self.engine.reload
+            entry = await asyncio.to_thread(fn, name)
+            return AdapterAction(
+                name=name, status="loaded" if action == "load" else "reloaded", adapter=entry.describe()
+            )
+
+
+def create_app(engine: MultiAdapterEngine, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``engine``'s adapters under ``settings``."""
+    service = Service(engine, settings or ServerSettings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await service.batcher.start()
+        yield
+        await service.batcher.stop()
+        service.prep.shutdown(wait=False)
+        service.generation_thread.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="adaptune server",
+        version=__version__,
+        description="One base model, many adapters: mixed-adapter micro-batches over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+    auth = [Depends(api_key_check(service.settings.api_key))]
+    _add_prediction_routes(app, service, auth)
+    _add_admin_routes(app, service, auth)
+    from adaptune.server.openai import add_generation_routes
+
+    add_generation_routes(app, service, auth)
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    return app
+
+
+def _add_prediction_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
+    @app.post("/v1/classify", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
+    async def classify(body: PredictRequest) -> JSONResponse:
+        """Classify each input with a sequence-classification adapter (label, score, scores)."""
+        return await service.predict(body, CLASSIFY_TASKS)
+
+    @app.post("/v1/tag", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
+    async def tag(body: PredictRequest) -> JSONResponse:
+        """Tag each input with a token-classification adapter: entities with character offsets (start, end)."""
+        return await service.predict(body, TAG_TASKS)
+
+
+def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
+    @app.get("/health", response_model=Health, tags=["ops"])
+    async def health() -> Health:
+        """Liveness: the base is loaded and the server answers."""
+        return Health(status="ok", base=service.engine.base_name, adapters=len(service.engine.entries))
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["ops"])
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format: requests, errors, latency, batch sizes, adapters per batch, loaded adapters."""
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/adapters", response_model=AdapterList, responses=ERRORS, dependencies=auth, tags=["adapters"])
+    async def adapters() -> AdapterList:
+        """Loaded adapters (name, method, task, labels, per-row or grouped batching) and refused folders."""
+        return AdapterList(**service.engine.describe())
+
+    for action in ("load", "unload", "reload"):
+        app.add_api_route(
+            f"/v1/adapters/{{name:path}}/{action}",
+            _admin_endpoint(service, action),
+            methods=["POST"],
+            response_model=AdapterAction,
+            responses=ERRORS,
+            dependencies=auth,
+            tags=["adapters"],
+            name=f"{action}_adapter",
+            summary=f"{action.capitalize()} an adapter of the adapters folder by name",
+        )
+
+
+def _admin_endpoint(service: Service, action: str) -> Callable[[str], Awaitable[AdapterAction]]:
+    async def endpoint(name: str) -> AdapterAction:
+        return await service.admin(name, action)
+
+    return endpoint

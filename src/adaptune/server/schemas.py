@@ -1,0 +1,127 @@
+"""Request and response bodies of the HTTP API (pydantic; they make the OpenAPI schema at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+Input = str | dict[str, Any]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong; ``limit`` names the server limit a request went over."""
+
+    type: str = Field(description="Kind of error: limit_exceeded, not_found, invalid_request, unauthorized, ...")
+    limit: str | None = Field(None, description="max_input_tokens, max_batch or max_body_bytes; else null.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class PredictRequest(BaseModel):
+    """Inputs for one adapter: strings, or objects (``{"text", "text_pair"}``; for tagging ``{"tokens": [...]}``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    adapter: str = Field(
+        validation_alias=AliasChoices("adapter", "model"), description="Adapter name (a folder of the adapters dir)."
+    )
+    inputs: list[Input] = Field(min_length=1, description="One prediction per input, in order.")
+
+
+class PredictResponse(BaseModel):
+    """Predictions exactly as ``Predictor.predict`` returns them."""
+
+    adapter: str
+    predictions: list[dict[str, Any]] = Field(
+        description="classify: text, label, score, scores; tag: text, entities (type, text, start, end, score), "
+        "tokens, tags. start/end are character offsets into text."
+    )
+
+
+class AdapterList(BaseModel):
+    """Loaded adapters and adapter folders the server refused, with the reason."""
+
+    base: str
+    adapters: list[dict[str, Any]]
+    refused: list[dict[str, str]]
+
+
+class AdapterAction(BaseModel):
+    """Result of a load, unload or reload."""
+
+    name: str
+    status: Literal["loaded", "unloaded", "reloaded"]
+    adapter: dict[str, Any] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    base: str
+    adapters: int
+
+
+class SamplingFields(BaseModel):
+    """Decoding settings shared by the generation endpoints (the fields of ``GenerationConfig``)."""
+
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class GenerateRequest(SamplingFields):
+    """``POST /v1/generate``: prompts for one causal-LM adapter; greedy unless ``do_sample``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    adapter: str = Field(validation_alias=AliasChoices("adapter", "model"))
+    prompts: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    do_sample: bool = False
+
+
+class GenerationOut(BaseModel):
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class GenerateResponse(BaseModel):
+    adapter: str
+    generations: list[GenerationOut]
+
+
+class CompletionRequest(SamplingFields):
+    """OpenAI ``POST /v1/completions``; ``model`` names the adapter. ``n`` must be 1."""
+
+    model: str
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1, le=4096)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class ChatRequest(SamplingFields):
+    """OpenAI ``POST /v1/chat/completions``; ``model`` names the adapter. ``n`` must be 1."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    user: str | None = None
