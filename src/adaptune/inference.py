@@ -254,9 +254,14 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
             f"(fingerprint {found}); load it onto the base it was trained on"
         )
     model = build_model(backbone, run.method, run.task, adapter.labels)
-    model.task.load_learned_state(desc.get("task_state", {}))
+    load_adapter_state(model, adapter)
+    return model
+
+
+def load_adapter_state(model: AdaptedModel, adapter: AdapterFile) -> None:
+    """Put the adapter file's learned task state and trainable tensors into ``model`` (built from its config)."""
+    model.task.load_learned_state(adapter.config.get("task_state", {}))
     try:
         model.load_trainable_state(adapter.tensors)
     except KeyError as err:
         raise AdapterFileError(f"adapter {adapter.path} does not match its method config: {err}") from None
-    return model

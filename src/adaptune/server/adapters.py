@@ -26,6 +26,7 @@ from torch import nn
 from adaptune.backbone import Backbone
 from adaptune.config import validate_config
 from adaptune.errors import AdapterFileError, ConfigError
+from adaptune.inference import load_adapter_state
 from adaptune.io import CONFIG_FILE, AdapterFile, load_adapter, read_adapter_config
 from adaptune.methods.bottleneck import BottleneckAdapter
 from adaptune.methods.lora import LoRA
@@ -170,11 +171,7 @@ def _build_model(adapter: AdapterFile, template: Backbone) -> AdaptedModel:
     written = frozenset(id(p) for p in model.stored_parameters().values()) & shared
     if written:  # e.g. BitFit trains the base's own biases: give this adapter private copies of them
         model = _assemble(adapter, template, run, written)
-    model.task.load_learned_state(desc.get("task_state", {}))
-    try:
-        model.load_trainable_state(adapter.tensors)
-    except KeyError as err:
-        raise AdapterFileError(f"adapter {adapter.path} does not match its method config: {err}") from None
+    load_adapter_state(model, adapter)
     return model
 
 
