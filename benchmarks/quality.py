@@ -35,22 +35,65 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
     split = "test" if "test" in splits else "dev"
     metric = result.results["metric"]
     command = " ".join([".venv/bin/python benchmarks/quality.py", name, *(f"--set {o}" for o in overrides)])
-    return [
-        {
+    at_start = result.results.get("at_start", {})
+    headline = splits[split]["headline"]
+    metrics = [metric] + [m for m in EXTRA_METRICS.get(cfg.task.name, ()) if m in headline]
+    records = []
+    for m in metrics:
+        record = {
             "task": cfg.task.name,
             "dataset": dataset,
             "split": split,
             "model": cfg.model.name_or_path,
             "method": cfg.method.name,
-            "metric": "entity_f1" if metric == "f1" else metric,
-            "value": round(splits[split]["headline"][metric], 4),
+            "metric": "entity_f1" if m == "f1" else m,
+            "value": round(headline[m], 4),
             "trainable_params": result.trainable_params,
             "train_tokens_per_s": result.results["train_tokens_per_s"],
             "peak_rss_mb": result.results["peak_rss_mb"],
             "wall_s": result.results["wall_s"],
             "command": command,
         }
-    ]
+        if m in at_start:
+            record["value_at_start"] = round(at_start[m], 4)
+        records.append(record)
+    write_generations(name, Path(cfg.training.output_dir))
+    return records
+
+
+#: Further dev/test figures recorded per task, besides the headline metric.
+EXTRA_METRICS = {"causal_lm": ("perplexity", "rouge_l", "chrf")}
+#: Before/after generations shown in the README.
+SAMPLES = 5
+
+
+def write_generations(name: str, run_dir: Path) -> None:
+    """Before/after samples (``training.eval_at_start``) as ``generations_<name>.md``, and in the README."""
+    before_path, after_path = run_dir / "generations_dev_start.jsonl", run_dir / "generations_dev.jsonl"
+    if not (before_path.is_file() and after_path.is_file()):
+        return
+    before = [json.loads(x) for x in before_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    after = [json.loads(x) for x in after_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines = []
+    for i, (b, a) in enumerate(zip(before[:SAMPLES], after[:SAMPLES], strict=False), 1):
+        prompt = " / ".join(m["content"] for m in b["prompt"] if m["role"] == "user")
+        lines += [
+            f"**{i}. {one_line(prompt)}**",
+            "",
+            f"- reference: {one_line(b['reference'])}",
+            f"- before: {one_line(b['generation'])}",
+            f"- after: {one_line(a['generation'])}",
+            "",
+        ]
+    (RESULTS / f"generations_{name}.md").write_text("\n".join(lines), encoding="utf-8")
+    if README.is_file() and f"<!-- generations-{name} -->" in README.read_text(encoding="utf-8"):
+        text = replace_between(README.read_text(encoding="utf-8"), f"generations-{name}", lines[:-1])
+        README.write_text(text, encoding="utf-8")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def upsert(records: list[dict]) -> None:
@@ -104,11 +147,18 @@ def records_table(records: list[dict]) -> list[str]:
     ]
     lines += [
         f"| {r['task']} | {r['dataset']} ({r['split']}) | {r['model'].rsplit('/', 1)[-1]} | {r['method']} | "
-        f"{r['metric']} | {r['value']:.4f} | {r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | "
+        f"{r['metric']} | {value_cell(r)} | {r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | "
         f"{r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} | `{r['command']}` |"
         for r in records
     ]
     return lines
+
+
+def value_cell(record: dict) -> str:
+    """The value, as 'before → after' when the run evaluated dev before training too."""
+    if "value_at_start" in record:
+        return f"{record['value_at_start']:.4f} → {record['value']:.4f}"
+    return f"{record['value']:.4f}"
 
 
 def write_tables(merged: list[dict]) -> None:

@@ -212,6 +212,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
     )
+    at_start = _evaluate_at_start(model, dev, cfg, out_dir) if cfg.training.eval_at_start and dev else None
     fit = trainer.fit(resume=resume)
     if fit.best_state is not None:
         model.load_trainable_state(fit.best_state)
@@ -223,6 +224,8 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
         "notes": prep.notes,
         "splits": {},
     }
+    if at_start is not None:
+        results["at_start"] = at_start
     for split in (s for name, s in prep.splits.items() if name != "train"):
         result, predictions = evaluate_split(model, split, cfg)
         result.headline.update(model.task.extra_evaluation(model, split.examples, out_dir, split.name))
@@ -236,6 +239,23 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     return TrainResult(
         out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], prep.notes
     )
+
+
+def _evaluate_at_start(model: AdaptedModel, dev: Split, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """Dev headline metrics before training (``training.eval_at_start``); kept in results.json on resume."""
+    import json
+
+    previous = out_dir / "results_at_start.json"
+    if previous.is_file():  # a resumed run: the start was evaluated before the interruption
+        return json.loads(previous.read_text(encoding="utf-8"))
+    from adaptune.io import atomic_write_json
+
+    result, _ = evaluate_split(model, dev, cfg)
+    headline = dict(result.headline)
+    headline.update(model.task.extra_evaluation(model, dev.examples, out_dir, f"{dev.name}_start"))
+    model.train()
+    atomic_write_json(previous, headline)
+    return headline
 
 
 def _run_stats(model: AdaptedModel, tokens_per_s: float, wall_s: float) -> dict[str, Any]:

@@ -95,6 +95,12 @@ class TrainingConfig(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimiser steps; None: each epoch.")
     metric: str = Field("auto", description="Metric for model selection and early stopping ('auto': the task's).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without gain.")
+    eval_at_start: bool = Field(
+        False,
+        description="Evaluate dev once before the first step (the base model with the freshly initialised "
+        "adapter: for lora, the base itself), recorded as 'at_start' in results.json, with a "
+        "generations_dev_start.jsonl for generation tasks: the before of a before/after comparison.",
+    )
     seed: int = 42
     bf16: bool = Field(False, description="bf16 autocast for the forward pass; weights stay fp32.")
     bf16_base: bool = Field(

@@ -36,6 +36,7 @@ def run(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
         "data.batch_size=8",
         "training.epochs=8",
         "training.learning_rate=0.03",
+        "training.eval_at_start=true",
         "training.progress=false",
         f"training.output_dir={folder / 'run'}",
     ]
@@ -55,6 +56,10 @@ def test_training_lowers_held_out_loss(run: TrainResult) -> None:
                 param.zero_()
     base = predictor.evaluate_examples(examples[-12:])[0].headline["loss"]
     assert trained < 0.9 * base, (trained, base)
+    start = run.results["at_start"]  # training.eval_at_start: the base model's dev figures, before step 1
+    assert start["loss"] == pytest.approx(base, rel=1e-4)
+    samples = (run.output_dir / "generations_dev_start.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(samples) == 4 and set(start) >= {"loss", "perplexity", "rouge_l"}
     assert dev["perplexity"] == pytest.approx(torch.tensor(dev["loss"]).exp().item(), rel=1e-5)
 
 
