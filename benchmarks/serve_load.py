@@ -5,9 +5,10 @@ Setup: the real all-MiniLM-L6-v2 (the packaged copy, offline) and 8 LoRA seq_cls
 Texts: the SST-2 dev sentences of ``../shared/data/sst2/dev.tsv``.
 
 1. ``adaptune serve`` runs in a subprocess with the 8 adapters. A fixed offered load of ``--clients`` concurrent
-   closed-loop clients (asyncio + httpx in this process) sends ``--requests`` classify requests of
-   ``--texts-per-request`` texts each: first all to one adapter, then spread over the 8 (adapter ``i % 8`` for
-   request ``i``). Measured: requests/s, examples/s, p50/p99 request latency, errors (non-200 answers).
+   closed-loop clients (raw keep-alive HTTP/1.1 over asyncio streams, in this process) sends ``--requests``
+   classify requests of ``--texts-per-request`` texts each: first all to one adapter, then spread over the 8
+   (adapter ``i % 8`` for request ``i``). Measured: requests/s, examples/s, p50/p99 request latency, errors
+   (non-200 answers), and the CPU milliseconds per request of the server and of the load generator.
 2. peft in-process: the same base in transformers with 8 LoRA adapters (same shapes), the same texts in batches
    of ``--peft-batch`` (32), fp32, each row with its own adapter through peft's ``adapter_names=`` argument; every
    example counts as one request, latency is per batch.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -90,6 +92,7 @@ def start_server(adapters: Path, port: int, args: argparse.Namespace) -> subproc
     command = [sys.executable, "-m", "adaptune.cli", "serve", "--base", MINILM, "--adapters", str(adapters)]
     command += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     command += ["--threads", str(args.threads)] if args.threads else []
+    command += [] if args.padding_free else ["--no-padding-free"]
     log = open(Path(tempfile.gettempdir()) / "adaptune-serve-load.log", "wb")  # noqa: SIM115 (lives with the process)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -104,6 +107,12 @@ def start_server(adapters: Path, port: int, args: argparse.Namespace) -> subproc
         time.sleep(0.5)
     process.kill()
     raise RuntimeError("adaptune serve did not start within 300 s")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(
@@ -123,36 +132,74 @@ def summary(
     }
 
 
-async def offered_load(url: str, jobs: list[tuple[str, list[str]]], clients: int) -> tuple[float, list[float], int]:
-    """Send ``jobs`` from ``clients`` concurrent closed-loop clients; ``(wall s, latencies s, errors)``."""
-    queue: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
+def request_bytes(port: int, adapter: str, texts: list[str]) -> bytes:
+    """One ``POST /v1/classify`` as HTTP/1.1 bytes (keep-alive), serialised before the clock starts."""
+    body = json.dumps({"adapter": adapter, "inputs": texts}).encode()
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length (what uvicorn sends for JSON)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:"))
+    return status, await reader.readexactly(length)
+
+
+async def offered_load(port: int, jobs: list[tuple[str, list[str]]], clients: int) -> tuple[float, list[float], int]:
+    """Send ``jobs`` from ``clients`` concurrent closed-loop clients; ``(wall s, latencies s, errors)``.
+
+    Each client holds one keep-alive connection and speaks HTTP/1.1 over asyncio streams with requests serialised
+    in advance: the load generator shares the server's cores, so it must cost as little as possible (as wrk
+    does). An answer counts as correct when its status is 200 and
+    it holds one prediction per text."""
+    payloads = [(request_bytes(port, adapter, texts), len(texts)) for adapter, texts in jobs]
+    queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    for payload in payloads:
+        queue.put_nowait(payload)
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
-        async def worker() -> None:
-            nonlocal errors
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while not queue.empty():
-                adapter, texts = queue.get_nowait()
+                payload, count = queue.get_nowait()
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/v1/classify", json={"adapter": adapter, "inputs": texts})
-                    ok = response.status_code == 200 and len(response.json()["predictions"]) == len(texts)
-                    problem = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
-                except httpx.HTTPError as err:
+                    writer.write(payload)
+                    status, body = await read_response(reader)
+                    ok = status == 200 and body.count(b'"label":') == count
+                    problem = "" if ok else f"HTTP {status}: {body[:200]!r}"
+                except (OSError, asyncio.IncompleteReadError, ValueError) as err:
                     ok, problem = False, f"{type(err).__name__}: {err}"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 if not ok and errors < 5:
                     print(f"error: {problem}", file=sys.stderr, flush=True)
                 latencies.append(time.perf_counter() - started)
                 errors += 0 if ok else 1
+        finally:
+            writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - started
-    return wall, latencies, errors
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - started, latencies, errors
+
+
+def run_loop(coroutine: Any) -> Any:
+    """``asyncio.run`` on uvloop when it is installed (the server's loop too)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def make_jobs(names: list[str], texts: list[str], requests: int, per_request: int) -> list[tuple[str, list[str]]]:
@@ -167,17 +214,27 @@ def run_server_scenarios(names: list[str], folder: Path, texts: list[str], args:
     """1 adapter, then 8 mixed, against one running server at the same offered load."""
     port = free_port()
     process = start_server(folder, port, args)
-    url = f"http://127.0.0.1:{port}"
     records = []
     try:
         warm = make_jobs(names, texts, args.clients * 2, args.texts_per_request)
-        asyncio.run(offered_load(url, warm, args.clients))
+        run_loop(offered_load(port, warm, args.clients))
         for adapters in (1, N_ADAPTERS):
             jobs = make_jobs(names[:adapters], texts, args.requests, args.texts_per_request)
-            wall, latencies, errors = asyncio.run(offered_load(url, jobs, args.clients))
+            client_cpu, server_cpu = time.process_time(), process_cpu_s(process.pid)
+            wall, latencies, errors = run_loop(offered_load(port, jobs, args.clients))
+            client_cpu, server_cpu = time.process_time() - client_cpu, process_cpu_s(process.pid) - server_cpu
             examples = args.requests * args.texts_per_request
             record = summary("adaptune-server", adapters, wall, latencies, examples, errors)
-            records.append({**record, "clients": args.clients, "texts_per_request": args.texts_per_request})
+            records.append(
+                {
+                    **record,
+                    "clients": args.clients,
+                    "texts_per_request": args.texts_per_request,
+                    "padding_free": args.padding_free,
+                    "server_cpu_ms_per_request": round(1000 * server_cpu / args.requests, 2),
+                    "client_cpu_ms_per_request": round(1000 * client_cpu / args.requests, 2),
+                }
+            )
             print(json.dumps(records[-1]), flush=True)
     finally:
         process.terminate()
@@ -264,6 +321,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="Server: wait for a batch to fill.")
     parser.add_argument("--peft-batch", type=int, default=32, help="peft: batch size.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server and of peft.")
+    parser.add_argument(
+        "--no-padding-free", dest="padding_free", action="store_false", help="Server: padded forward passes."
+    )
     parser.add_argument("--out", type=Path, default=None, help="Results JSON (default results/serve.json).")
     args = parser.parse_args()
     if args.quick:

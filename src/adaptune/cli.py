@@ -413,12 +413,15 @@ def serve(
     max_input_tokens: Annotated[int, typer.Option(help="Longest input (or prompt) in tokens.")] = 512,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes.")] = 1_000_000,
     threads: Annotated[int | None, typer.Option(help="torch threads for the model (default: torch's).")] = None,
+    padding_free: Annotated[
+        bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
+    ] = True,
 ) -> None:
     """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs [server])."""
     from adaptune.server import serve as run_server
     from adaptune.server.app import ServerSettings
 
-    settings = ServerSettings(max_batch, max_wait_ms, max_input_tokens, max_body_bytes, api_key)
+    settings = ServerSettings(max_batch, max_wait_ms, max_input_tokens, max_body_bytes, api_key, padding_free)
     try:
         run_server(str(base), adapters, host=host, port=port, settings=settings, threads=threads)
     except (AdaptuneError, FileNotFoundError) as err:

@@ -12,6 +12,7 @@ from adaptune.backbone import Backbone, load_backbone
 from adaptune.config import ModelConfig, validate_config
 from adaptune.inference import build_model
 from adaptune.model import AdaptedModel
+from adaptune.padding_free import packed_forward, packing_of
 from adaptune.server.adapters import harvest
 from adaptune.server.batched import MultiAdapterLayers, lora_weights
 
@@ -69,13 +70,19 @@ def shared(tiny_bert: Path, adapters: list[AdaptedModel]) -> tuple[torch.nn.Modu
     return base, layers
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "padding-free"])
 @pytest.mark.parametrize("rows", [[1, 2, 3, 4, 5], [3, 1, 0, 5, 3], [4, 4, 4, 4, 4], [0, 2, 0, 2, 1]])
 def test_mixed_batch_equals_each_adapter_alone(
-    shared: tuple[torch.nn.Module, MultiAdapterLayers], adapters: list[AdaptedModel], rows: list[int]
+    shared: tuple[torch.nn.Module, MultiAdapterLayers], adapters: list[AdaptedModel], rows: list[int], packed: bool
 ) -> None:
     base, layers = shared
-    with layers.select(torch.tensor(rows)):
-        mixed = hidden(base, IDS, MASK)
+    if packed:  # the real tokens as one row: every adapter's rows become token ranges
+        packing = packing_of(MASK)
+        with layers.select(torch.tensor(rows), packing), torch.no_grad():
+            mixed = packed_forward(base, {"input_ids": IDS, "attention_mask": MASK}, packing)
+    else:
+        with layers.select(torch.tensor(rows)):
+            mixed = hidden(base, IDS, MASK)
     plain = hidden(base, IDS, MASK)  # outside select: the base model, untouched
     for row, index in enumerate(rows):
         alone = hidden(adapters[index - 1].backbone, IDS, MASK) if index else plain

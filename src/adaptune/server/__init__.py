@@ -23,7 +23,9 @@ def build_app(base: str, adapters: str | Path, settings: ServerSettings | None =
     from adaptune.server.engine import MultiAdapterEngine
 
     settings = settings or ServerSettings()
-    engine = MultiAdapterEngine(base, adapters, max_input_tokens=settings.max_input_tokens)
+    engine = MultiAdapterEngine(
+        base, adapters, max_input_tokens=settings.max_input_tokens, padding_free=settings.padding_free
+    )
     return create_app(engine, settings)
 
 

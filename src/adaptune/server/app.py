@@ -62,6 +62,7 @@ class ServerSettings:
     max_input_tokens: int = 512
     max_body_bytes: int = 1_000_000
     api_key: str | None = None
+    padding_free: bool = True  # shared forward passes on real tokens only (encoders; adaptune.padding_free)
 
 
 class BodyLimit:

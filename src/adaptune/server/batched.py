@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from adaptune.methods.bottleneck import ACTIVATIONS, BottleneckAdapter
 from adaptune.methods.lora import LoRA
+from adaptune.padding_free import Packing
 
 #: One adapter's contribution at one host: LoRA ``(A^T (d_in, r), (s B)^T (r, d_out))`` or a bottleneck adapter.
 LoRAWeights = tuple[torch.Tensor, torch.Tensor]
@@ -44,6 +45,9 @@ class _SlotTable:
     def __init__(self) -> None:
         self.slot_of = torch.zeros(1, dtype=torch.long)
         self.local: torch.Tensor | None = None  # (B,) local slots of the batch being run; None outside a batch
+        # a packed (padding-free) batch: (slot, start, end) token ranges of the one packed row, slot 0 left out
+        self.segments: list[tuple[int, int, int]] | None = None
+        self.tokens = 0
 
     def rebuild(self, indices: list[int]) -> None:
         """``indices``: the global index of each adapter at this host, in slot order (slots 1..n)."""
@@ -58,6 +62,26 @@ class _SlotTable:
         local = torch.where(rows < size, self.slot_of[rows.clamp(max=size - 1)], 0)  # newer adapters: not here
         self.local = local
         return bool(local.any())
+
+    def bind_packing(self, packing: Packing) -> None:
+        """Token ranges per slot for a padding-free pass (rows of one slot next to each other merge into one)."""
+        assert self.local is not None
+        segments: list[tuple[int, int, int]] = []
+        for row, slot in enumerate(self.local.tolist()):
+            start, end = packing.row_starts[row], packing.row_starts[row + 1]
+            if segments and segments[-1][0] == slot and segments[-1][2] == start:
+                segments[-1] = (slot, segments[-1][1], end)
+            else:
+                segments.append((slot, start, end))
+        self.segments = [seg for seg in segments if seg[0] != 0 and seg[2] > seg[1]]
+        self.tokens = packing.tokens
+
+    def packed(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is the packed row of the bound padding-free batch."""
+        return self.segments is not None and x.dim() == 3 and x.shape[0] == 1 and x.shape[1] == self.tokens
+
+    def clear(self) -> None:
+        self.local, self.segments, self.tokens = None, None, 0
 
 
 class MultiLoRA:
@@ -93,6 +117,13 @@ class MultiLoRA:
         local = self.slots.local
         if local is None or not self.active:
             return out
+        if self.slots.packed(x):  # padding-free: each adapter's tokens are one contiguous range
+            assert self.slots.segments is not None
+            tokens, result = x[0], out[0] if not torch.is_grad_enabled() else out[0].clone()
+            for slot, start, end in self.slots.segments:
+                delta = (tokens[start:end].to(self.a_t.dtype) @ self.a_t[slot]) @ self.b_t[slot]
+                result[start:end] += delta.to(result.dtype)
+            return result.unsqueeze(0)
         flat = x.reshape(x.shape[0], -1, self.d_in)
         delta = torch.bmm(torch.bmm(flat, self.a_t[local]), self.b_t[local])
         return out + delta.reshape(out.shape).to(out.dtype)
@@ -116,6 +147,8 @@ class MultiBottleneck:
         self.keep = torch.ones(1)  # (n + 1,) 1 = residual
         self.act_id = torch.zeros(1, dtype=torch.long)  # (n + 1,) index into ACTIVATION_ORDER
         self.acts: list[tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]] = []
+        self.act_list: list[int] = [0]  # act_id and keep as Python numbers, for the packed path
+        self.keep_list: list[float] = [1.0]
         self.active = False
 
     def rebuild(self) -> None:
@@ -137,6 +170,7 @@ class MultiBottleneck:
                 self.up_b[slot] = adapter.up.bias
                 self.keep[slot] = 1.0 if adapter.residual else 0.0
                 self.act_id[slot] = ACTIVATION_ORDER.index(activation_name(adapter.act))
+        self.act_list, self.keep_list = self.act_id.tolist(), self.keep.tolist()
         self.slots.rebuild(order)
 
     def bind_activations(self) -> None:
@@ -154,12 +188,26 @@ class MultiBottleneck:
         local = self.slots.local
         if local is None or not self.active:
             return h
+        if self.slots.packed(h):
+            return self._packed(h)
         flat = h.reshape(h.shape[0], -1, self.d)
         z = torch.baddbmm(self.down_b[local].unsqueeze(1), flat, self.down_t[local])
         z = self._activate(z)
         delta = torch.baddbmm(self.up_b[local].unsqueeze(1), z, self.up_t[local])
         out = flat * self.keep[local].view(-1, 1, 1).to(flat.dtype) + delta.to(flat.dtype)
         return out.reshape(h.shape)
+
+    def _packed(self, h: torch.Tensor) -> torch.Tensor:
+        """Padding-free batch ``(1, T, d)``: every adapter's contiguous token range with its own weights."""
+        assert self.slots.segments is not None
+        tokens = h[0]
+        out = tokens.clone()
+        for slot, start, end in self.slots.segments:
+            part = tokens[start:end].to(self.down_t.dtype)
+            z = _ACT_FNS[self.act_list[slot]](torch.addmm(self.down_b[slot], part, self.down_t[slot]))
+            adapted = part * self.keep_list[slot] + torch.addmm(self.up_b[slot], z, self.up_t[slot])
+            out[start:end] = adapted.to(out.dtype)
+        return out.unsqueeze(0)
 
     def _activate(self, z: torch.Tensor) -> torch.Tensor:
         if len(self.acts) == 1:
@@ -242,15 +290,19 @@ class MultiAdapterLayers:
         return layer
 
     @contextmanager
-    def select(self, rows: torch.Tensor) -> Iterator[None]:
+    def select(self, rows: torch.Tensor, packing: Packing | None = None) -> Iterator[None]:
         """Serve row ``i`` of the next forward pass with adapter ``rows[i]`` (0: the base model), then clear.
 
-        ``rows``: ``(B,)`` long. Hosts that no row's adapter touches are switched off for this batch.
+        ``rows``: ``(B,)`` long. Hosts that no row's adapter touches are switched off for this batch. With
+        ``packing`` (a padding-free pass, :mod:`adaptune.padding_free`) the hosts see the packed row; rows of
+        one adapter should then be next to each other (one token range per adapter).
         """
         layers: list[MultiLoRA | MultiBottleneck] = [*self.lora.values(), *self.bottleneck.values()]
         try:
             for layer in layers:
                 layer.active = layer.slots.bind(rows)
+                if layer.active and packing is not None:
+                    layer.slots.bind_packing(packing)
             for bottleneck in self.bottleneck.values():
                 if bottleneck.active:
                     bottleneck.bind_activations()
@@ -258,7 +310,7 @@ class MultiAdapterLayers:
         finally:
             for layer in layers:
                 layer.active = False
-                layer.slots.local = None
+                layer.slots.clear()
             for bottleneck in self.bottleneck.values():
                 bottleneck.acts = []
 

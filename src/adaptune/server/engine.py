@@ -36,6 +36,8 @@ from adaptune.data.chat import Message, prompt_ids, template_for
 from adaptune.errors import DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
 from adaptune.model import BACKBONE_INPUTS
+from adaptune.padding_free import packed_forward, packing_of
+from adaptune.padding_free import supports as supports_padding_free
 from adaptune.server.adapters import (
     GENERATION_TASKS,
     AdapterNameError,
@@ -76,10 +78,18 @@ class MultiAdapterEngine:
         adapters_dir: folder whose sub-folders are adapters; only these can ever be loaded.
         max_input_tokens: longest input (in tokens, special tokens included) a request may carry (512).
         load_all: load every adapter of the folder now (True); incompatible ones are listed in :attr:`refused`.
+        padding_free: run shared forward passes on the batch's real tokens only (:mod:`adaptune.padding_free`)
+            when the base supports it (encoders); the same results, less work for batches of mixed lengths.
     """
 
     def __init__(
-        self, base: str, adapters_dir: str | Path, *, max_input_tokens: int = 512, load_all: bool = True
+        self,
+        base: str,
+        adapters_dir: str | Path,
+        *,
+        max_input_tokens: int = 512,
+        load_all: bool = True,
+        padding_free: bool = True,
     ) -> None:
         self.base_name = base
         self.folder = Path(adapters_dir)
@@ -95,6 +105,7 @@ class MultiAdapterEngine:
             tokenizer=copy.deepcopy(self.backbone.tokenizer),
         )
         self.layers = MultiAdapterLayers(self.backbone.model)
+        self.padding_free = padding_free and supports_padding_free(self.backbone.model)
         self.max_input_tokens = max_input_tokens
         self.entries: dict[str, Entry] = {}
         self.refused: dict[str, str] = {}
@@ -260,11 +271,17 @@ class MultiAdapterEngine:
 
     def _run_shared(self, rows: Sequence[Row], positions: list[int], results: list[Any]) -> None:
         """One forward pass of the shared base for rows of many adapters, then each adapter's head."""
+        positions = sorted(positions, key=lambda i: rows[i].entry.index)  # one token range per adapter when packed
         batch = self._collate(rows, positions)
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
         select = torch.tensor([rows[i].entry.index for i in positions], dtype=torch.long)
-        with self.layers.select(select):
-            hidden = self.backbone.model(**inputs).last_hidden_state
+        if self.padding_free:
+            packing = packing_of(inputs["attention_mask"])
+            with self.layers.select(select, packing):
+                hidden = packed_forward(self.backbone.model, inputs, packing)
+        else:
+            with self.layers.select(select):
+                hidden = self.backbone.model(**inputs).last_hidden_state
         by_entry: dict[int, list[int]] = {}
         for local, i in enumerate(positions):
             by_entry.setdefault(rows[i].entry.index, []).append(local)
