@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "cache": ({"activation_cache": "memory"}, True, False),
     "cache_mmap": ({"activation_cache": "mmap"}, True, False),
     "compile": ({"compile": True}, False, False),
+    "padding_free": ({"padding_free": True}, False, False),
 }
 SIZES = {"full": (2048, 872, 3), "quick": (256, 128, 2)}
 
@@ -68,6 +69,7 @@ def adaptune_variants(method: str, precision: str, ablation: bool) -> list[tuple
         for name, (switches, needs_frozen, bf16_only) in VARIANTS.items():
             if (
                 name != "plain"
+                and not (name == "padding_free" and method == "prefix")  # a key/value prefix per example
                 and (not needs_frozen or frozen_bottom(method))
                 and (not bf16_only or precision == "bf16")
             ):

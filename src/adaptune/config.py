@@ -120,6 +120,12 @@ class TrainingConfig(StrictModel):
         "training). Needs frozen bottom blocks (method 'head', or method.layers on the top blocks); implies "
         "frozen_prefix_no_grad.",
     )
+    padding_free: bool = Field(
+        False,
+        description="Run the backbone on each batch's real tokens only, packed into one row (attention still per "
+        "example): the same results with less work when batches carry padding (bucket_by_length: false, or "
+        "lengths that vary a lot). Encoders; not with prompt/prefix tuning or the activation cache.",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the backbone (dynamic shapes). A one-off compile of minutes on CPU, then about "
@@ -137,6 +143,11 @@ class TrainingConfig(StrictModel):
     def _compatible_speed_switches(self) -> TrainingConfig:
         if self.bf16_base and not self.bf16:
             raise ConfigError("config key 'training.bf16_base' = true needs training.bf16 = true (bf16 autocast)")
+        if self.padding_free and (self.compile or self.activation_cache != "off"):
+            raise ConfigError(
+                "config key 'training.padding_free' = true cannot be combined with training.compile or "
+                "training.activation_cache (they need the padded batch layout); choose one"
+            )
         if self.compile and (self.frozen_prefix_no_grad or self.activation_cache != "off"):
             raise ConfigError(
                 "config key 'training.compile' = true cannot be combined with training.frozen_prefix_no_grad or "

@@ -12,6 +12,7 @@ from adaptune.backbone import Backbone
 from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, Method
 from adaptune.methods.virtual import positions_from_mask
+from adaptune.padding_free import packed_forward, worth_packing
 from adaptune.tasks.base import Task
 
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -46,6 +47,9 @@ class AdaptedModel(nn.Module):
         self.lm_head = backbone.lm_head
         task.bind(backbone)
         self.head = task.build_head(backbone.hidden_size, len(labels), backbone.pooling)
+        #: Run the backbone on each batch's real tokens only (``training.padding_free``; encoders without
+        #: virtual tokens, see :mod:`adaptune.padding_free`). Same results; less work for padded batches.
+        self.padding_free = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
@@ -55,7 +59,16 @@ class AdaptedModel(nn.Module):
         elif self.info.is_decoder and "position_ids" not in prep.inputs and "attention_mask" in prep.inputs:
             # count positions from the mask, so that left padding does not shift a row (absolute positions: GPT-2)
             prep.inputs["position_ids"] = positions_from_mask(prep.inputs["attention_mask"])
-        hidden = self.backbone(**prep.inputs).last_hidden_state
+        if (
+            self.padding_free
+            and not prep.n_virtual
+            and set(prep.inputs) <= set(BACKBONE_INPUTS)
+            and "attention_mask" in prep.inputs
+            and worth_packing(prep.inputs["attention_mask"])
+        ):
+            hidden = packed_forward(self.backbone, prep.inputs)
+        else:
+            hidden = self.backbone(**prep.inputs).last_hidden_state
         if prep.n_virtual:
             hidden = hidden[:, prep.n_virtual :]
         return self.head(hidden, batch)  # type: ignore[no-any-return]

@@ -76,6 +76,15 @@ def packing_of(attention_mask: torch.Tensor) -> Packing:
     return Packing(mask.reshape(-1).nonzero().squeeze(1), shape, starts, mask[:, None, None, :])
 
 
+#: Below this share of padding, packing (a gather and a scatter per attention) costs about what it saves.
+MIN_PADDING_SHARE = 0.1
+
+
+def worth_packing(attention_mask: torch.Tensor, min_share: float = MIN_PADDING_SHARE) -> bool:
+    """Whether at least ``min_share`` of a ``(B, L)`` batch is padding."""
+    return bool((attention_mask == 0).sum()) and float((attention_mask == 0).float().mean()) >= min_share
+
+
 _state = threading.local()
 
 

@@ -14,6 +14,7 @@ from adaptune.backbone import load_backbone
 from adaptune.config import TrainingConfig, validate_config
 from adaptune.errors import ConfigError
 from adaptune.model import AdaptedModel
+from adaptune.padding_free import worth_packing
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded
 from adaptune.training.fast import FastPath, cast_frozen_to_bf16, frozen_depth
@@ -151,3 +152,49 @@ def test_compiled_backbone_gives_the_eager_loss_and_gradients(tiny_bert: Path, t
     }, "parameter names unchanged"
     with pytest.raises(ConfigError, match="compile"):
         validate_config({"training": {"compile": True, "activation_cache": "memory"}})
+
+
+@pytest.mark.parametrize(
+    "method",
+    [{"name": "lora"}, {"name": "bottleneck"}, {"name": "ia3"}, {"name": "bitfit"}, {"name": "lora", "layers": [-1]}],
+)
+@pytest.mark.parametrize("task", ["seq_cls", "token_cls"])
+def test_padding_free_gives_the_padded_loss_and_gradients(
+    tiny_bert: Path, tmp_path: Path, method: dict[str, Any], task: str
+) -> None:
+    model = build(tiny_bert, method)
+    if task == "token_cls":  # token logits at the real tokens: padding-free must put every token back in place
+        model.task = build_task(validate_config({"task": {"name": task, "head_dropout": 0.0}}).task)
+        model.head = model.task.build_head(model.info.hidden_size, 3, model.info.pooling)
+        model.mark_trainable()
+    tokenizer = model.info.tokenizer
+    encoded = []
+    for i, text in enumerate(TEXTS):
+        ids = list(tokenizer(text)["input_ids"])
+        encoded.append(Encoded(ids, target=i % 2 if task == "seq_cls" else [(i + k) % 3 for k in range(len(ids))]))
+    batch = model.task.collate(encoded, int(tokenizer.pad_token_id))
+    assert worth_packing(batch["attention_mask"]), "the batch carries enough padding to be packed"
+
+    def run(fast: FastPath) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = model.task.loss(fast.forward(batch, list(range(len(TEXTS)))), batch)
+        loss.backward()
+        named = {**model.adapter_parameters(), **{f"head.{k}": v for k, v in model.head.named_parameters()}}
+        return float(loss.detach()), {k: p.grad.clone() for k, p in named.items() if p.grad is not None}
+
+    lengths = [len(e.input_ids) for e in encoded]
+    padded = run(FastPath(model, TrainingConfig(), lengths, tmp_path, "right"))
+    packed = run(FastPath(model, TrainingConfig(padding_free=True), lengths, tmp_path, "right"))
+    assert model.padding_free
+    assert packed[0] == pytest.approx(padded[0], abs=1e-5)
+    assert packed[1].keys() == padded[1].keys() and padded[1]
+    for name, grad in padded[1].items():
+        torch.testing.assert_close(packed[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_free_refuses_what_it_cannot_pack(tiny_bert: Path, tmp_path: Path) -> None:
+    model = build(tiny_bert, {"name": "prompt", "num_virtual_tokens": 2})
+    with pytest.raises(ConfigError, match="padding_free"):
+        FastPath(model, TrainingConfig(padding_free=True), [4], tmp_path, "right")
+    with pytest.raises(ConfigError, match="padding_free"):
+        validate_config({"training": {"padding_free": True, "activation_cache": "memory"}})

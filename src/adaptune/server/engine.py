@@ -36,7 +36,7 @@ from adaptune.data.chat import Message, prompt_ids, template_for
 from adaptune.errors import DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
 from adaptune.model import BACKBONE_INPUTS
-from adaptune.padding_free import packed_forward, packing_of
+from adaptune.padding_free import packed_forward, packing_of, worth_packing
 from adaptune.padding_free import supports as supports_padding_free
 from adaptune.server.adapters import (
     GENERATION_TASKS,
@@ -275,7 +275,7 @@ class MultiAdapterEngine:
         batch = self._collate(rows, positions)
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
         select = torch.tensor([rows[i].entry.index for i in positions], dtype=torch.long)
-        if self.padding_free:
+        if self.padding_free and worth_packing(inputs["attention_mask"]):
             packing = packing_of(inputs["attention_mask"])
             with self.layers.select(select, packing):
                 hidden = packed_forward(self.backbone.model, inputs, packing)

@@ -8,6 +8,7 @@ Switches of :class:`~adaptune.config.TrainingConfig`:
 - ``activation_cache``: the frozen prefix's output (hidden states ``(T_i, d)`` of example ``i``) is stored the
   first time the example is trained on, and later epochs start from it: only blocks ``depth..N-1`` and the head
   run. With ``depth == N`` (method ``head``) the backbone does not run at all after the first epoch;
+- ``padding_free``: the backbone runs on each batch's real tokens only (:mod:`adaptune.padding_free`);
 - ``compile``: ``torch.compile`` of the backbone (in place, dynamic shapes), for the plain path only.
 
 The cache is keyed by the example's index in the training set, lives as long as one :class:`FastPath` (one
@@ -72,6 +73,25 @@ def cast_frozen_to_bf16(model: AdaptedModel) -> int:
             param.data = param.data.to(torch.bfloat16)
             cast += 1
     return cast
+
+
+def enable_padding_free(model: AdaptedModel) -> None:
+    """Switch ``model`` to padding-free forward passes; a :class:`ConfigError` when its backbone or method
+    cannot take them."""
+    from adaptune.padding_free import supports
+
+    if not supports(model.backbone):
+        raise ConfigError(
+            f"config key 'training.padding_free' needs an encoder backbone whose attention goes through "
+            f"transformers' attention interface; {model.info.name} ({model.info.model_type}) is not one "
+            "(for decoders, task.pack packs examples instead)"
+        )
+    if changes_inputs(model.method):
+        raise ConfigError(
+            "config key 'training.padding_free' packs the real tokens of a batch into one row, and this method "
+            "puts virtual tokens or key/value prefixes in front of each example; turn it off for prompt or prefix"
+        )
+    model.padding_free = True
 
 
 class ActivationCache:
@@ -154,6 +174,8 @@ class FastPath:
             path = out_dir / CACHE_FILE if cfg.activation_cache == "mmap" else None
             self.cache = ActivationCache(lengths, path)
         self.no_grad_prefix = self.depth > 0 and (cfg.frozen_prefix_no_grad or self.cache is not None)
+        if cfg.padding_free:
+            enable_padding_free(model)
         if cfg.bf16_base:
             cast_frozen_to_bf16(model)
         if cfg.compile:
