@@ -14,7 +14,6 @@ from adaptune.evaluation.metrics import (
     multilabel_report,
     token_report,
 )
-from adaptune.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from adaptune.evaluation.tagging import (
     SCHEMES,
     Entity,
@@ -24,6 +23,14 @@ from adaptune.evaluation.tagging import (
     normalise_scheme,
     validate_tags,
 )
+
+def __getattr__(name: str) -> object:  # the plots load matplotlib: only when one is asked for
+    if name in ("plot_confusion_matrix", "plot_training_curves"):
+        from adaptune.evaluation import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'adaptune.evaluation' has no attribute {name!r}")
+
 
 __all__ = [
     "SCHEMES",

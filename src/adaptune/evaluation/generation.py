@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sacrebleu
-from rouge_score import rouge_scorer
-
 from adaptune.data.records import is_cjk
 
 
@@ -50,6 +47,9 @@ def generation_scores(references: Sequence[str], generations: Sequence[str]) -> 
     if not references:
         return {}
     cjk = _has_cjk(references)
+    import sacrebleu  # imported when needed (rouge-score pulls in nltk and sklearn: ~150 MB resident)
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CharTokenizer() if cjk else None)
     rouge = [scorer.score(ref, gen)["rougeL"].fmeasure for ref, gen in zip(references, generations, strict=True)]
     exact = [_normalise(r) == _normalise(g) for r, g in zip(references, generations, strict=True)]

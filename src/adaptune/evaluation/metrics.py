@@ -21,12 +21,6 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
-
 from adaptune.evaluation.tagging import (
     Entity,
     detect_scheme,
@@ -76,6 +70,8 @@ def _check_known(values: Collection[str], labels: Sequence[str], what: str) -> N
 
 def _sklearn_tables(y_true: Any, y_pred: Any, labels: Sequence[Any]) -> dict[str, Any]:
     """Per-class and micro/macro/weighted rows from sklearn's precision_recall_fscore_support."""
+    from sklearn.metrics import precision_recall_fscore_support  # imported when needed: ~100 MB resident
+
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
     names = [str(label) for label in labels]
     out: dict[str, Any] = {"per_class": {n: _row(*vals) for n, *vals in zip(names, p, r, f, s, strict=True)}}
@@ -105,6 +101,8 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
     _check_lengths(y_true, y_pred)
     _check_known(y_true, labels, "y_true")
     true, pred = list(y_true), list(y_pred)
+    from sklearn.metrics import accuracy_score
+
     report: dict[str, Any] = {"accuracy": float(accuracy_score(true, pred))}
     report.update(_sklearn_tables(true, pred, list(labels)))
     report["n"] = len(true)
@@ -154,6 +152,8 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
     Examples whose true or predicted label is not in ``labels`` are left out.
     """
     _check_lengths(y_true, y_pred)
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(list(y_true), list(y_pred), labels=list(labels)).tolist()
 
 

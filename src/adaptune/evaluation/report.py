@@ -9,7 +9,6 @@ from typing import Any
 
 from adaptune.evaluation.generation import format_lm_report
 from adaptune.evaluation.metrics import format_report_markdown, format_report_table
-from adaptune.evaluation.plots import plot_confusion_matrix
 from adaptune.io import atomic_write_json, atomic_write_text
 from adaptune.tasks.base import EvalOutput, Task
 
@@ -58,6 +57,8 @@ def write_eval_report(
     confusion = result.report.get("confusion_matrix")
     if confusion is not None:
         files["confusion_png"] = f"confusion_{split}.png"
+        from adaptune.evaluation.plots import plot_confusion_matrix  # matplotlib only when a plot is drawn
+
         plot_confusion_matrix(
             confusion["matrix"],
             confusion["labels"],
