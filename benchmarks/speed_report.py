@@ -211,7 +211,11 @@ def write_results(
     (quick runs write ``train_speed_quick.*``, so that they never replace the full table)."""
     stem = "train_speed_quick" if quick else "train_speed"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    path = folder / f"{stem}.json"
+    models = {r["model"] for r in records}  # other models' records (train_speed_lm.py's SmolLM2 rows) stay
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    kept = [r for r in previous if r["model"] not in models]
+    path.write_text(json.dumps(kept + records, indent=2) + "\n", encoding="utf-8")
     table = markdown(records, peaks, command)
     (folder / f"{stem}.md").write_text(table, encoding="utf-8")
     if records:

@@ -24,6 +24,7 @@ from adaptune.evaluation.tagging import (
     validate_tags,
 )
 
+
 def __getattr__(name: str) -> object:  # the plots load matplotlib: only when one is asked for
     if name in ("plot_confusion_matrix", "plot_training_curves"):
         from adaptune.evaluation import plots

@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
+
 from adaptune.evaluation.tagging import (
     Entity,
     detect_scheme,
