@@ -82,7 +82,8 @@ MIN_PADDING_SHARE = 0.1
 
 def worth_packing(attention_mask: torch.Tensor, min_share: float = MIN_PADDING_SHARE) -> bool:
     """Whether at least ``min_share`` of a ``(B, L)`` batch is padding."""
-    return bool((attention_mask == 0).sum()) and float((attention_mask == 0).float().mean()) >= min_share
+    share = float((attention_mask == 0).float().mean())
+    return share > 0 and share >= min_share
 
 
 _state = threading.local()
