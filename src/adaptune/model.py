@@ -47,7 +47,7 @@ class AdaptedModel(nn.Module):
         self.lm_head = backbone.lm_head
         task.bind(backbone)
         self.head = task.build_head(backbone.hidden_size, len(labels), backbone.pooling)
-        #: Run the backbone on each batch's real tokens only (``training.padding_free``; encoders without
+        #: Run the backbone on each batch's real tokens only (``training.padding_free``; backbones without
         #: virtual tokens, see :mod:`adaptune.padding_free`). Same results; less work for padded batches.
         self.padding_free = False
 
@@ -62,7 +62,7 @@ class AdaptedModel(nn.Module):
         if (
             self.padding_free
             and not prep.n_virtual
-            and set(prep.inputs) <= set(BACKBONE_INPUTS)
+            and set(prep.inputs) <= {*BACKBONE_INPUTS, "position_ids"}
             and "attention_mask" in prep.inputs
             and worth_packing(prep.inputs["attention_mask"])
         ):

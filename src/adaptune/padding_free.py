@@ -1,4 +1,4 @@
-"""Padding-free forward passes of encoder backbones: the batch's real tokens packed into one row.
+"""Padding-free forward passes: the batch's real tokens packed into one row (encoders and decoders).
 
 A padded batch ``(B, L)`` of mixed lengths spends the share of padding (about half for a micro-batch of random
 short texts) of every per-token operation on nothing: the linear maps, LayerNorm, the feed-forward block, LoRA.
@@ -10,8 +10,13 @@ SDPA with the padding mask, and packs the result again. The last hidden state co
 (zeros at padded positions), so heads and pooling are unchanged. Real tokens get what the padded pass gives, up
 to float rounding.
 
-Encoders whose attention uses the interface and whose embeddings take ``position_ids`` (BERT, RoBERTa,
-XLM-R, ...) qualify (:func:`supports`). Modules that see the padded batch as ``(B, ...)`` rows, such as the
+Decoders (Llama, Qwen2, Mistral, GPT-2, ...) run the same way with causal attention: each example is unpacked
+to the start of its row (right-aligned, whatever the batch's padding side) and SDPA runs with ``is_causal`` and
+no mask, the flash kernel that skips the masked half; a real token sees only earlier real tokens of its own
+example, so the padding behind it changes nothing. Their position ids are the ones the padded pass gets.
+
+Backbones whose attention uses the interface and whose forward takes ``position_ids`` (BERT, RoBERTa, XLM-R,
+Llama, ...) qualify (:func:`supports`). Modules that see the padded batch as ``(B, ...)`` rows, such as the
 server's per-row adapters, read :func:`current` to learn which tokens belong to which example.
 
 >>> hidden = packed_forward(backbone.model, batch)      # doctest: +SKIP   (B, L, d), like model(**batch)
@@ -45,6 +50,10 @@ class Packing:
     shape: tuple[int, int]
     row_starts: list[int]
     padding_mask: torch.Tensor  # (B, 1, 1, L) bool, True = attend
+    #: ``(T,)`` flat indices into ``B * W`` (``W``: the longest example) that put each example at the start of
+    #: its row, for causal attention
+    left_aligned: torch.Tensor
+    width: int
 
     @property
     def tokens(self) -> int:
@@ -64,16 +73,36 @@ class Packing:
         """``(B, L, ...)`` -> ``(T, ...)``."""
         return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.keep)
 
+    def unpack_left(self, packed: torch.Tensor) -> torch.Tensor:
+        """``(T, ...)`` -> ``(B, W, ...)``, each example from column 0, zeros behind it (``W``: the longest)."""
+        batch = self.shape[0]
+        out = packed.new_zeros((batch * self.width, *packed.shape[1:]))
+        if packed.requires_grad and torch.is_grad_enabled():
+            out = out.index_copy(0, self.left_aligned, packed)
+        else:
+            out.index_copy_(0, self.left_aligned, packed)
+        return out.view(batch, self.width, *packed.shape[1:])
+
+    def pack_left(self, padded: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`unpack_left`: ``(B, W, ...)`` -> ``(T, ...)``."""
+        return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.left_aligned)
+
 
 def packing_of(attention_mask: torch.Tensor) -> Packing:
     """The :class:`Packing` of a ``(B, L)`` 0/1 attention mask."""
     mask = attention_mask != 0
-    lengths = mask.sum(dim=1).tolist()
+    counts = mask.sum(dim=1)
+    lengths = counts.tolist()
     starts = [0]
     for n in lengths:
         starts.append(starts[-1] + int(n))
     shape = (int(mask.shape[0]), int(mask.shape[1]))
-    return Packing(mask.reshape(-1).nonzero().squeeze(1), shape, starts, mask[:, None, None, :])
+    width = max(lengths, default=0)
+    rows = torch.repeat_interleave(torch.arange(shape[0], device=mask.device), counts)
+    offsets = torch.tensor(starts[:-1], device=mask.device, dtype=torch.long)
+    within = torch.arange(rows.numel(), device=mask.device) - offsets[rows]  # each token's index in its example
+    keep = mask.reshape(-1).nonzero().squeeze(1)
+    return Packing(keep, shape, starts, mask[:, None, None, :], rows * width + within, width)
 
 
 #: Below this share of padding, packing (a gather and a scatter per attention) costs about what it saves.
@@ -102,48 +131,85 @@ def _attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Packed ``(1, heads, T, d)`` -> padded attention -> ``(1, T, heads, d)``; plain SDPA outside a packing."""
+    """Packed ``(1, heads, T, d)`` -> padded attention -> ``(1, T, heads, d)``; plain SDPA outside a packing.
+
+    Bidirectional attention runs on the padded layout with the padding mask; causal attention on the
+    left-aligned layout with ``is_causal`` and no mask (keys and values keep their own head count: grouped-query
+    attention without copies)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     packing = current()
-    if packing is None or query.shape[0] != 1 or query.shape[2] != packing.tokens:
+    if packing is None or query.shape[0] != 1 or query.shape[2] != packing.tokens or key.shape[2] != packing.tokens:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+    causal = kwargs.pop("is_causal", None)
+    causal = bool(getattr(module, "is_causal", False) if causal is None else causal)
 
-    def unpack(t: torch.Tensor) -> torch.Tensor:  # (1, H, T, d) -> (B, H, L, d)
+    if causal:
+
+        def unpack(t: torch.Tensor) -> torch.Tensor:  # (1, H, T, d) -> (B, H, W, d), examples from column 0
+            return packing.unpack_left(t[0].transpose(0, 1)).transpose(1, 2)
+
+        query, key, value = unpack(query), unpack(key), unpack(value)
+        out, _ = sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+        return packing.pack_left(out).unsqueeze(0), None
+
+    def unpack_padded(t: torch.Tensor) -> torch.Tensor:  # (1, H, T, d) -> (B, H, L, d)
         return packing.unpack(t[0].transpose(0, 1)).transpose(1, 2)
 
-    kwargs.pop("is_causal", None)
     out, _ = sdpa_attention_forward(
-        module, unpack(query), unpack(key), unpack(value), packing.padding_mask, is_causal=False, **kwargs
+        module,
+        unpack_padded(query),
+        unpack_padded(key),
+        unpack_padded(value),
+        packing.padding_mask,
+        is_causal=False,
+        **kwargs,
     )  # (B, L, H, d)
     return packing.pack(out).unsqueeze(0), None
 
 
+def _mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """The mask builder registered with the attention: none inside a packed pass (the attention builds its own
+    from the packing), transformers' SDPA mask for any other caller."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if current() is not None else sdpa_mask(*args, **kwargs)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(IMPLEMENTATION, _attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, _mask)
 
 
 _register()
 
 
+def _uses_attention_interface(module: nn.Module) -> bool:
+    """An attention module whose modeling file dispatches through transformers' attention interface."""
+    source = inspect.getmodule(type(module))
+    return hasattr(module, "is_causal") and source is not None and hasattr(source, "ALL_ATTENTION_FUNCTIONS")
+
+
 def supports(model: nn.Module) -> bool:
-    """Whether :func:`packed_forward` can run ``model``: an encoder (no causal attention, no cache) whose
-    embeddings take ``position_ids`` and whose attention goes through transformers' attention interface."""
+    """Whether :func:`packed_forward` can run ``model``: a base model (no encoder-decoder, no cross-attention)
+    whose forward takes ``position_ids`` and whose attention modules go through transformers' attention
+    interface: BERT-style encoders, Llama-style and GPT-2 decoders."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
+    if config is None or getattr(config, "is_encoder_decoder", False) or getattr(config, "add_cross_attention", False):
+        return False
+    if getattr(config, "is_decoder", False):  # an encoder class configured as a decoder (BERT with is_decoder)
         return False
     if "position_ids" not in inspect.signature(model.forward).parameters:
         return False
-    return any(type(m).__name__.endswith("SelfAttention") and hasattr(m, "is_causal") for m in model.modules())
+    attention = [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "is_causal")]
+    return bool(attention) and all(_uses_attention_interface(m) for m in attention)
 
 
 @contextmanager
-def _packed(model: nn.Module, packing: Packing) -> Iterator[None]:
-    config = model.config  # type: ignore[union-attr]
+def _packed(config: Any, packing: Packing) -> Iterator[None]:
     previous = config._attn_implementation
     _state.packing = packing
     config._attn_implementation = IMPLEMENTATION
@@ -152,6 +218,18 @@ def _packed(model: nn.Module, packing: Packing) -> Iterator[None]:
     finally:
         config._attn_implementation = previous
         _state.packing = None
+
+
+def checkpoint_context(config: Any) -> Any:
+    """A ``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant): a block recomputed in the backward pass
+    runs outside :func:`packed_forward`, so it gets the packing its forward saw (``config``: the backbone's)."""
+    from contextlib import nullcontext
+
+    def contexts() -> tuple[Any, Any]:
+        packing = current()
+        return nullcontext(), (nullcontext() if packing is None else _packed(config, packing))
+
+    return contexts
 
 
 def packed_forward(
@@ -163,10 +241,15 @@ def packed_forward(
     mask = inputs["attention_mask"]
     packing = packing if packing is not None else packing_of(mask)
     keep = packing.keep
-    flat = {k: v.reshape(-1).index_select(0, keep).unsqueeze(0) for k, v in inputs.items() if k != "attention_mask"}
-    # the positions the padded pass gives each token (0..L-1 per row), so results match it whatever the padding side
-    positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
-    flat["position_ids"] = positions.reshape(-1).index_select(0, keep).unsqueeze(0)
-    with _packed(model, packing):
+    flat: dict[str, Any] = {
+        k: v.reshape(-1).index_select(0, keep).unsqueeze(0) for k, v in inputs.items() if k != "attention_mask"
+    }
+    if "position_ids" not in flat:
+        # the positions the padded pass gives each token (0..L-1 per row), whatever the padding side
+        positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+        flat["position_ids"] = positions.reshape(-1).index_select(0, keep).unsqueeze(0)
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        flat["use_cache"] = False  # a decoder: no key/value cache of the packed row
+    with _packed(model.config, packing):
         hidden = model(**flat).last_hidden_state  # (1, T, d)
     return packing.unpack(hidden[0])

@@ -77,17 +77,58 @@ def test_plain_sdpa_outside_a_packed_pass(encoder: torch.nn.Module) -> None:
     torch.testing.assert_close(got[valid], want[valid])
 
 
-def test_decoders_are_not_routed(encoder: torch.nn.Module, tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaModel
+DECODER_MASKS = {
+    "right": torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]]),
+    "left": torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]]),
+}
 
-    llama = LlamaModel(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_decoders_packed_equal_padded(arch: str, side: str, request: pytest.FixtureRequest) -> None:
+    """Causal attention on the left-aligned layout gives each real token what the padded pass gives it, for
+    right and left padding, grouped-query (Llama) and absolute-position (GPT-2) decoders, values and gradients."""
+    decoder = load_backbone(ModelConfig(name_or_path=str(request.getfixturevalue(arch)))).model.eval()
+    assert supports(decoder)
+    mask = DECODER_MASKS[side]
+    ids = torch.randint(5, 90, mask.shape, generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    weight = next(p for n, p in decoder.named_parameters() if n.endswith("weight") and p.dim() == 2 and ".0." in n)
+    weight.requires_grad_(True)
+    results = []
+    for run in (lambda: decoder(**inputs).last_hidden_state, lambda: packed_forward(decoder, inputs)):
+        decoder.zero_grad()
+        hidden = run()
+        (hidden * mask.unsqueeze(-1)).pow(2).sum().backward()
+        assert weight.grad is not None
+        results.append((hidden.detach()[mask.bool()], weight.grad.clone()))
+    weight.requires_grad_(False)
+    weight.grad = None
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-4, rtol=1e-4)
+
+
+def test_packing_left_aligned_layout() -> None:
+    """Causal attention sees each example from column 0, whatever the padding side."""
+    mask = DECODER_MASKS["left"]
+    packing = packing_of(mask)
+    assert packing.width == 7
+    x = torch.arange(21.0).view(3, 7, 1)
+    left = packing.unpack_left(packing.pack(x))
+    assert left[0, :4, 0].tolist() == [3.0, 4.0, 5.0, 6.0] and not left[0, 4:].any()
+    assert left[2, :3, 0].tolist() == [18.0, 19.0, 20.0]
+    assert torch.equal(packing.pack_left(left), packing.pack(x))
+
+
+def test_what_cannot_be_packed_is_not_routed(encoder: torch.nn.Module) -> None:
+    """Encoder-decoder models and a BERT configured as a decoder (cross-attention, cache) are refused."""
+    from transformers import BertConfig, BertModel, T5Config, T5Model
+
+    as_decoder = BertModel(
+        BertConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            is_decoder=True,
         )
     )
-    assert supports(encoder) and not supports(llama)
+    t5 = T5Model(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    assert supports(encoder) and not supports(as_decoder) and not supports(t5)

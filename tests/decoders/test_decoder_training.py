@@ -115,3 +115,44 @@ def test_chat_loop_keeps_history_and_exits(run: TrainResult) -> None:
     first_reply = predictor.generate([history[:2]], config)[0].text
     assert history[2]["content"] == first_reply
     assert "".join(shown) == f"{history[2]['content']}\n{history[4]['content']}\n"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_free_gives_the_padded_causal_lm_loss_and_gradients(tiny_lm: Path, tmp_path: Path, side: str) -> None:
+    """``training.padding_free`` on a decoder: the same loss and LoRA gradients as the padded batch."""
+    from lm_tools import adapted, randomise_adapter
+
+    from adaptune.config import TrainingConfig
+    from adaptune.data.chat import ChatExample, Message
+    from adaptune.padding_free import worth_packing
+    from adaptune.training.fast import FastPath
+
+    model = adapted(tiny_lm, {"name": "lora", "roles": ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]})
+    randomise_adapter(model, 0.1)  # B != 0: every projection's update is in the output
+    model.mark_trainable()
+    tokenizer = model.info.tokenizer
+    chats = [
+        ChatExample((Message("user", "hi"), Message("assistant", "red"))),
+        ChatExample((Message("user", "say a long list of colours"), Message("assistant", "red green blue black"))),
+        ChatExample((Message("user", "one"), Message("assistant", "blue blue"))),
+    ]
+    encoded = [model.task.encode(c, tokenizer, [], 64) for c in chats]
+    batch = model.task.collate(encoded, int(tokenizer.pad_token_id), side)
+    assert worth_packing(batch["attention_mask"])
+
+    def run(fast: FastPath) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = model.task.loss(fast.forward(batch, [0, 1, 2]), batch)
+        loss.backward()
+        return float(loss.detach()), {
+            k: p.grad.clone() for k, p in model.adapter_parameters().items() if p.grad is not None
+        }
+
+    lengths = [len(e.input_ids) for e in encoded]
+    padded = run(FastPath(model, TrainingConfig(), lengths, tmp_path, side))
+    packed = run(FastPath(model, TrainingConfig(padding_free=True), lengths, tmp_path, side))
+    assert model.padding_free and padded[1]
+    assert packed[0] == pytest.approx(padded[0], abs=1e-5)
+    assert packed[1].keys() == padded[1].keys()
+    for name, grad in padded[1].items():
+        torch.testing.assert_close(packed[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)

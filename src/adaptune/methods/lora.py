@@ -126,8 +126,9 @@ class LoRA(nn.Module):
         INITS[init](self.lora_a.weight, self.lora_b.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The update ``s B A dropout(x)``: ``(..., in_dim) -> (..., out_dim)``."""
-        return self.scaling * self.lora_b(self.lora_a(self.dropout(x)))  # type: ignore[no-any-return]
+        """The update ``s B A dropout(x)``: ``(..., in_dim) -> (..., out_dim)``. The scale multiplies the rank-r
+        intermediate, ``r / out_dim`` of the work of scaling the output."""
+        return self.lora_b(self.lora_a(self.dropout(x)) * self.scaling)  # type: ignore[no-any-return]
 
     def delta_weight(self) -> torch.Tensor:
         """``s B A`` as an ``(out_dim, in_dim)`` matrix."""
@@ -145,12 +146,22 @@ class LoRA(nn.Module):
         """The host's output ``out = W0 x + b`` ``(..., out_dim)`` -> the adapted output (unchanged when merged)."""
         if self.merged:
             return out
-        delta = self(x)
         if self.magnitude is None:
-            return out + delta.to(out.dtype)
+            return self._add_update(x, out)
+        delta = self(x)
         base = out if bias is None else out - bias
         adapted = self.dora_scale(weight) * (base + delta)
         return (adapted if bias is None else adapted + bias).to(out.dtype)
+
+    def _add_update(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out + s B A dropout(x)`` with the addition fused into the last matmul (``addmm``): no separate
+        ``(N, out_dim)`` update tensor and no elementwise pass over it, forward or backward."""
+        low = self.lora_a(self.dropout(x)) * self.scaling  # (..., r)
+        weight = self.lora_b.weight.t()  # (r, out_dim)
+        if not torch.is_autocast_enabled(out.device.type):  # autocast casts addmm's operands itself
+            low, weight = low.to(out.dtype), weight.to(out.dtype)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), weight)
+        return flat.view(out.shape)
 
     @torch.no_grad()
     def merge_into(self, weight: torch.Tensor) -> None:
