@@ -1,7 +1,7 @@
 """Training speed on a decoder: SmolLM2-135M-Instruct + LoRA on Alpaca, adaptune vs peft, identical batches.
 
-    .venv/bin/python benchmarks/train_speed_lm.py                       # fp32, 48 rows: about 10 minutes here
-    .venv/bin/python benchmarks/train_speed_lm.py --precisions fp32 bf16 --rows 64
+    .venv/bin/python benchmarks/train_speed_lm.py                       # fp32, 48 rows: about 15 minutes here
+    .venv/bin/python benchmarks/train_speed_lm.py --precisions fp32 bf16 --variants plain padding_free
 
 The set-up of the issue: LoRA r=8, alpha 16, no dropout, on all seven projections (q, k, v, o, gate, up, down),
 batch 8, up to 512 tokens, the first ``--rows`` rows of ``../shared/data/alpaca/alpaca_data.json`` in the
@@ -9,6 +9,9 @@ SmolLM2 chat template (adaptune's ``causal_lm`` encoding; loss on the response t
 adaptune's length-bucketed batches, which peft replays (each tool in its own process, so peak RSS is its own).
 peft trains ``AutoModelForCausalLM`` with ``labels`` (transformers' loss: the LM head on every position);
 adaptune runs its LM head on the labelled positions only. The same AdamW settings, warmup, clipping and seed.
+adaptune runs once per variant (``VARIANTS``: ``plain``; ``padding_free``, the real tokens only; ``fast``, also
+freed memory returned to the OS at once; ``low_memory``, also every block's activations recomputed in the backward
+pass), peft once.
 
 Per tool and precision: train tokens/s and examples/s (forward, loss, backward, clipping and the optimiser step,
 as adaptune's loop times them), peak RSS, the adapter folder's size, the held-out loss on the next ``--dev-rows``
@@ -42,9 +45,16 @@ ROLES = ["query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out"]
 PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HPARAMS = {"learning_rate": 3e-4, "weight_decay": 0.01, "warmup_ratio": 0.03, "max_grad_norm": 1.0, "seed": 42}
 IGNORE = -100
+#: adaptune's runs: training-config switches of each variant (peft runs once, plain).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "padding_free": {"padding_free": True},
+    "fast": {"padding_free": True, "trim_memory": True},
+    "low_memory": {"padding_free": True, "trim_memory": True, "activation_checkpointing": 1},
+}
 
 
-def run_config(args: argparse.Namespace, precision: str, out_dir: str) -> Any:
+def run_config(args: argparse.Namespace, precision: str, out_dir: str, variant: str = "plain") -> Any:
     from adaptune.config import validate_config
 
     return validate_config(
@@ -62,6 +72,7 @@ def run_config(args: argparse.Namespace, precision: str, out_dir: str) -> Any:
                 "epochs": 1,
                 **{k: HPARAMS[k] for k in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "seed")},
                 "bf16": precision == "bf16",
+                **VARIANTS[variant],
                 "progress": False,
                 "log_every": 1,
                 "output_dir": out_dir,
@@ -103,7 +114,7 @@ def worker_adaptune(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     from adaptune.training.loop import Trainer
 
     work = tempfile.mkdtemp(prefix="adaptune-lm-speed-")
-    cfg = run_config(args, precision, work)
+    cfg = run_config(args, precision, work, args.variant)
     backbone, train, dev, dev_examples = encoded_rows(args)
     assert batches_of(train, args) == batches_of(train, args)  # deterministic: what peft replays
     torch.manual_seed(HPARAMS["seed"])
@@ -227,7 +238,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="adaptune runs (switches)"
+    )
     parser.add_argument("--worker", choices=["adaptune", "peft"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--no-save", action="store_true", help="print only; leave train_speed.json alone")
@@ -243,11 +258,12 @@ def main() -> None:
     records: list[dict[str, Any]] = []
     for precision in args.precisions:
         peak = matmul_peak(precision)
-        for tool in ("peft", "adaptune"):
+        runs = [("peft", "plain")] + [("adaptune", variant) for variant in args.variants]
+        for tool, variant in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "measured.json"
                 command = [sys.executable, __file__, "--worker", tool, "--precision", precision, "--out", str(out)]
-                command += ["--rows", str(args.rows), "--dev-rows", str(args.dev_rows)]
+                command += ["--variant", variant, "--rows", str(args.rows), "--dev-rows", str(args.dev_rows)]
                 command += ["--max-length", str(args.max_length), "--batch", str(args.batch)]
                 subprocess.run(command, check=True, cwd=ROOT)
                 m = json.loads(out.read_text(encoding="utf-8"))
@@ -258,7 +274,8 @@ def main() -> None:
                     "method": "lora",
                     "tool": tool,
                     "precision": precision,
-                    "variant": "plain",
+                    "variant": variant,
+                    "switches": VARIANTS[variant] if tool == "adaptune" else {},
                     "tokens_per_s": round(tokens_per_s, 1),
                     "examples_per_s": round(args.rows / m["seconds"], 3),
                     "peak_rss_mb": m["peak_rss_mb"],
@@ -274,13 +291,15 @@ def main() -> None:
                 }
             )
             print(json.dumps(records[-1]), flush=True)
-        ours, peer = records[-1], records[-2]
-        print(
-            f"{precision}: adaptune / peft tokens/s {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x (target >= 2), "
-            f"peak RSS {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x (target <= 0.5), "
-            f"held-out loss {ours['dev_metric']} vs {peer['dev_metric']}",
-            flush=True,
-        )
+        peer = records[-len(runs)]
+        for ours in records[-len(runs) + 1 :]:
+            print(
+                f"{precision} {ours['variant']}: adaptune / peft tokens/s "
+                f"{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x (target >= 2), "
+                f"peak RSS {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x (target <= 0.5), "
+                f"held-out loss {ours['dev_metric']} vs {peer['dev_metric']}",
+                flush=True,
+            )
     if not args.no_save:
         upsert(records)
 

@@ -198,3 +198,44 @@ def test_padding_free_refuses_what_it_cannot_pack(tiny_bert: Path, tmp_path: Pat
         FastPath(model, TrainingConfig(padding_free=True), [4], tmp_path, "right")
     with pytest.raises(ConfigError, match="padding_free"):
         validate_config({"training": {"padding_free": True, "activation_cache": "memory"}})
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_activation_checkpointing_gives_the_stored_loss_and_gradients(
+    tiny_bert: Path, tmp_path: Path, padding_free: bool
+) -> None:
+    """Recomputed blocks give the loss and gradients of stored activations; with padding_free the recompute sees
+    the packing its forward saw (else it would attend across the packed examples)."""
+    model = build(tiny_bert, {"name": "lora", "roles": ["query", "value", "ffn_out"]})
+    model.eval()  # no dropout: both runs compute the same function
+    with torch.no_grad():
+        for param in model.adapter_parameters().values():
+            param.add_(0.1 * torch.randn_like(param))
+    tokenizer = model.info.tokenizer
+    encoded = [Encoded(list(tokenizer(text)["input_ids"]), target=i % 2) for i, text in enumerate(TEXTS)]
+    batch = model.task.collate(encoded, int(tokenizer.pad_token_id))
+    lengths = [len(e.input_ids) for e in encoded]
+
+    def run(cfg: TrainingConfig) -> tuple[float, dict[str, torch.Tensor]]:
+        fast = FastPath(model, cfg, lengths, tmp_path, "right")
+        model.zero_grad(set_to_none=True)
+        loss = model.task.loss(fast.forward(batch, list(range(len(TEXTS)))), batch)
+        loss.backward()
+        return float(loss.detach()), {k: p.grad.clone() for k, p in model.adapter_parameters().items()}
+
+    stored = run(TrainingConfig(padding_free=padding_free))
+    recomputed = run(TrainingConfig(padding_free=padding_free, activation_checkpointing=1))
+    layers = model.backbone.encoder.layer
+    assert all(layer.gradient_checkpointing for layer in layers)
+    model.backbone.train()  # checkpointing runs in training mode only: check that it did recompute
+    model.backbone.apply(lambda m: m.eval() if isinstance(m, torch.nn.Dropout) else None)
+    calls: list[int] = []
+    handle = layers[0].attention.register_forward_hook(lambda *_: calls.append(1))
+    recomputed = run(TrainingConfig(padding_free=padding_free, activation_checkpointing=1))
+    handle.remove()
+    assert len(calls) == 2, "block 0 ran in the forward and again in the backward"
+    assert recomputed[0] == pytest.approx(stored[0], abs=1e-6)
+    for name, grad in stored[1].items():
+        torch.testing.assert_close(recomputed[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        validate_config({"training": {"activation_checkpointing": 1, "activation_cache": "memory"}})

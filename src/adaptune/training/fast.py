@@ -8,7 +8,12 @@ Switches of :class:`~adaptune.config.TrainingConfig`:
 - ``activation_cache``: the frozen prefix's output (hidden states ``(T_i, d)`` of example ``i``) is stored the
   first time the example is trained on, and later epochs start from it: only blocks ``depth..N-1`` and the head
   run. With ``depth == N`` (method ``head``) the backbone does not run at all after the first epoch;
-- ``padding_free``: the backbone runs on each batch's real tokens only (:mod:`adaptune.padding_free`);
+- ``padding_free``: the backbone runs on each batch's real tokens only (:mod:`adaptune.padding_free`), for
+  encoders and decoders;
+- ``fast_dropout``: training dropout masks from cheap 16-bit random lanes (:mod:`adaptune.fast_dropout`), undone
+  by :meth:`FastPath.close`;
+- ``activation_checkpointing``: every n-th block's activations are recomputed in the backward pass, not stored;
+- ``trim_memory``: freed memory goes back to the OS at once (:mod:`adaptune.training.memory`);
 - ``compile``: ``torch.compile`` of the backbone (in place, dynamic shapes), for the plain path only.
 
 The cache is keyed by the example's index in the training set, lives as long as one :class:`FastPath` (one
@@ -21,6 +26,7 @@ token losses ignore them.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,11 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaptune import fast_dropout
 from adaptune.config import TrainingConfig
 from adaptune.errors import ConfigError
 from adaptune.methods.base import Method
 from adaptune.model import AdaptedModel
 from adaptune.targets import transformer_blocks
+from adaptune.training.memory import trim_freed_memory
 
 CACHE_FILE = "activation_cache.bin"
 
@@ -82,9 +90,9 @@ def enable_padding_free(model: AdaptedModel) -> None:
 
     if not supports(model.backbone):
         raise ConfigError(
-            f"config key 'training.padding_free' needs an encoder backbone whose attention goes through "
-            f"transformers' attention interface; {model.info.name} ({model.info.model_type}) is not one "
-            "(for decoders, task.pack packs examples instead)"
+            f"config key 'training.padding_free' needs a backbone whose attention goes through transformers' "
+            f"attention interface and whose forward takes position_ids; {model.info.name} "
+            f"({model.info.model_type}) is not one"
         )
     if changes_inputs(model.method):
         raise ConfigError(
@@ -92,6 +100,24 @@ def enable_padding_free(model: AdaptedModel) -> None:
             "puts virtual tokens or key/value prefixes in front of each example; turn it off for prompt or prefix"
         )
     model.padding_free = True
+
+
+def enable_activation_checkpointing(model: AdaptedModel, every: int) -> None:
+    """Recompute every ``every``-th block's activations in the backward pass (transformers' activation
+    checkpointing, non-reentrant; recomputed blocks see the padding-free packing their forward saw)."""
+    from adaptune.padding_free import checkpoint_context
+
+    backbone = model.backbone
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"config key 'training.activation_checkpointing' needs a backbone that supports transformers' "
+            f"activation checkpointing; {model.info.name} ({model.info.model_type}) does not"
+        )
+    kwargs = {"use_reentrant": False, "context_fn": checkpoint_context(backbone.config)}
+    backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)  # type: ignore[operator]
+    # transformers makes the embeddings' output require grad for the reentrant variant: not needed here, and it
+    # would pull the embeddings and block 0's input into the backward pass
+    backbone.disable_input_require_grads()  # type: ignore[operator]
 
 
 class ActivationCache:
@@ -176,8 +202,13 @@ class FastPath:
         self.no_grad_prefix = self.depth > 0 and (cfg.frozen_prefix_no_grad or self.cache is not None)
         if cfg.padding_free:
             enable_padding_free(model)
+        self.dropout_patch = fast_dropout.enable(model) if cfg.fast_dropout else None
         if cfg.bf16_base:
             cast_frozen_to_bf16(model)
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(model, cfg.activation_checkpointing)
+        if cfg.trim_memory and not trim_freed_memory():
+            warnings.warn("training.trim_memory has no effect here: it needs Linux with glibc", stacklevel=2)
         if cfg.compile:
             model.backbone.compile(dynamic=True)  # in place: parameter names and the adapter file are unchanged
 
@@ -264,6 +295,9 @@ class FastPath:
             handle.remove()
 
     def close(self) -> None:
-        """Drop the activation cache."""
+        """Drop the activation cache; put torch's dropout back."""
         if self.cache is not None:
             self.cache.close()
+        if self.dropout_patch is not None:
+            self.dropout_patch.remove()
+            self.dropout_patch = None
