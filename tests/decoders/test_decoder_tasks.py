@@ -85,3 +85,46 @@ def test_token_cls_on_a_decoder_is_padding_side_agnostic(folder: str, request: p
     for row, item in enumerate(encoded):
         n = len(item)
         torch.testing.assert_close(left[row, -n:], right[row, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_chunked_lm_loss_equals_cross_entropy(bias: bool, bf16: bool) -> None:
+    """The chunked loss (logits never stored, recomputed in backward) gives F.cross_entropy's value and state
+    gradients, chunk boundaries anywhere, under bf16 autocast too."""
+    from adaptune.tasks.causal_lm import ChunkedLMLoss
+
+    gen = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias).requires_grad_(False)
+    targets = torch.randint(0, 50, (11,), generator=gen)
+    base = torch.randn(11, 16, generator=gen)
+    results = []
+    for rows in (None, 4, 11, 64):
+        states = base.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if rows is None:
+                loss = torch.nn.functional.cross_entropy(head(states).float(), targets)
+            else:
+                loss = ChunkedLMLoss.apply(states, head.weight, head.bias, targets, rows)
+        loss.backward()
+        assert states.grad is not None
+        results.append((loss.detach(), states.grad))
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-6, "rtol": 1e-5}
+    for loss, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], **tol)
+        torch.testing.assert_close(grad, results[0][1], **tol)
+
+
+def test_causal_lm_loss_and_decode_agree(tiny_lm: Path) -> None:
+    """The training loss and the per-example NLL of evaluation are the same cross-entropy."""
+    model = adapted(tiny_lm, {"name": "lora", "r": 4})
+    randomise_adapter(model, 0.1)
+    encoded = _encode(model, CHATS)
+    batch = model.task.collate(encoded, int(model.info.tokenizer.pad_token_id))
+    with torch.no_grad():
+        states = model(batch)
+        loss = model.task.loss(states, batch)
+        decoded = model.task.decode(states, batch, encoded)
+    total, tokens = sum(d[0] for d in decoded), sum(d[1] for d in decoded)
+    assert states.shape == (int((batch["labels"] != -100).sum()), 32)
+    assert loss.item() == pytest.approx(total / tokens, rel=1e-5)

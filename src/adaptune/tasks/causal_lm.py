@@ -5,7 +5,10 @@ template. Loss: next-token cross-entropy on the assistant turns only (their end-
 
     L = - (1 / N) sum_{t in R} log p(x_{t+1} | x_{<=t})       R: positions whose next token is a response token
 
-and the frozen LM head runs only on those ``N`` positions: ``(N, d) -> (N, V)`` instead of ``(B, T, V)``.
+and the frozen LM head runs only on those ``N`` positions: ``(N, d) -> (N, V)`` instead of ``(B, T, V)``, a
+chunk of rows at a time (:class:`ChunkedLMLoss`), so the ``(N, V)`` logits are never stored: the backward pass
+recomputes each chunk's logits from the ``(N, d)`` states. The head's output for labelled batches is those
+states; :meth:`CausalLM.loss` and :meth:`CausalLM.decode` apply the LM head.
 
 Packing (``pack: true``): training examples are concatenated into rows of at most ``max_length`` tokens; each
 keeps its own position ids (0, 1, ... from its first token) and the model gets no 2-D mask, so transformers
@@ -74,12 +77,95 @@ class PackedEncoded(Encoded):
     segments: list[int] = field(default_factory=list)
 
 
-class CausalLMHead(nn.Module):
-    """The frozen LM head at the positions that are scored.
+#: Rows of logits computed at once by :class:`ChunkedLMLoss`: about 2**24 logits (64 MB in fp32) per chunk.
+CHUNK_LOGITS = 2**24
 
-    ``forward(hidden (B, T, d), batch)``: with ``labels`` ``(B, T)``, the logits ``(N, V)`` of the ``N``
-    positions whose label is not -100 (row-major order); without, the logits ``(B, V)`` of each row's last real
-    token. The LM head is held outside the module tree: it has no trainable or saved tensors.
+
+def _chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_LOGITS // max(1, vocab))
+
+
+def _logits(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits ``(n, V)`` of states ``(n, d)`` under the LM head's weight ``(V, d)``."""
+    out = F.linear(states.to(weight.dtype), weight, bias)
+    return out.float()
+
+
+class ChunkedLMLoss(torch.autograd.Function):
+    """Mean cross-entropy of next tokens ``targets (N,)`` given states ``(N, d)`` under a frozen LM head (weight
+    ``(V, d)``, optional bias), ``rows`` states at a time. Saves the states and one log-sum-exp per row instead
+    of ``(N, V)`` log-probabilities; the backward pass recomputes each chunk's logits (one more LM-head matmul)
+    and returns the states' gradient only (the LM head is frozen)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        states: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+    ) -> torch.Tensor:
+        n = states.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=states.device)
+        picked = torch.empty(n, dtype=torch.float32, device=states.device)
+        for start in range(0, n, rows):
+            end = min(n, start + rows)
+            logits = _logits(states[start:end], weight, bias)
+            lse[start:end] = torch.logsumexp(logits, dim=-1)
+            picked[start:end] = logits.gather(1, targets[start:end, None])[:, 0]
+        ctx.save_for_backward(states, weight, bias, targets, lse)
+        device = states.device.type
+        ctx.rows, ctx.device = rows, device
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return (lse - picked).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        states, weight, bias, targets, lse = ctx.saved_tensors
+        n = states.shape[0]
+        d_states = torch.empty_like(states)
+        scale = grad.float() / n
+        enabled, dtype = ctx.autocast
+        for start in range(0, n, ctx.rows):
+            end = min(n, start + ctx.rows)
+            with torch.autocast(ctx.device, dtype=dtype, enabled=enabled):  # the forward's logits, recomputed
+                logits = _logits(states[start:end], weight, bias)
+            probs = (logits - lse[start:end, None]).exp_()
+            probs[torch.arange(end - start, device=probs.device), targets[start:end]] -= 1.0
+            probs.mul_(scale)
+            d_states[start:end] = (probs.to(weight.dtype) @ weight).to(states.dtype)
+        return d_states, None, None, None, None
+
+
+def lm_loss(states: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``states (N, d)`` under the frozen ``lm_head``, chunked
+    (:class:`ChunkedLMLoss`)."""
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    if weight.requires_grad or (bias is not None and bias.requires_grad):  # a trained head: plain autograd
+        return F.cross_entropy(lm_head(states.to(weight.dtype)).float(), targets)
+    return ChunkedLMLoss.apply(states, weight, bias, targets, _chunk_rows(weight.shape[0]))  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def lm_token_nll(states: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood ``(N,)`` of ``targets`` given ``states (N, d)``, chunked."""
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    rows = _chunk_rows(weight.shape[0])
+    parts = [
+        F.cross_entropy(_logits(states[i : i + rows], weight, bias), targets[i : i + rows], reduction="none")
+        for i in range(0, states.shape[0], rows)
+    ]
+    return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float32)
+
+
+class CausalLMHead(nn.Module):
+    """The positions that are scored, and the frozen LM head for unlabelled batches.
+
+    ``forward(hidden (B, T, d), batch)``: with ``labels`` ``(B, T)``, the hidden states ``(N, d)`` of the ``N``
+    positions whose label is not -100 (row-major order), which :meth:`CausalLM.loss` and
+    :meth:`CausalLM.decode` turn into the loss chunk by chunk; without labels, the logits ``(B, V)`` of each
+    row's last real token. The LM head is held outside the module tree: it has no trainable or saved tensors.
     """
 
     def __init__(self, lm_head: nn.Module) -> None:
@@ -87,11 +173,10 @@ class CausalLMHead(nn.Module):
         self._frozen = (lm_head,)
 
     def forward(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        lm_head = self._frozen[0]
         if "labels" in batch:
-            states = hidden[batch["labels"] != IGNORE]
-        else:
-            states = pool(hidden, batch["attention_mask"], "last")
+            return hidden[batch["labels"] != IGNORE]
+        lm_head = self._frozen[0]
+        states = pool(hidden, batch["attention_mask"], "last")
         return lm_head(states.to(lm_head.weight.dtype))  # type: ignore[no-any-return]
 
 
@@ -232,17 +317,21 @@ class CausalLM(Task[ChatExample]):
         return batch
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``logits``: the head's output for a labelled batch, the scored positions' states ``(N, d)``."""
         labels = batch["labels"][batch["labels"] != IGNORE]
         if labels.numel() == 0:
             return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), labels)
+        assert self._lm_head is not None, "bind() comes first"
+        return lm_loss(logits, self._lm_head, labels)
 
     def decode(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: Sequence[Encoded]) -> list[Any]:
-        """Per example ``(summed negative log-likelihood, scored tokens)``; unlabelled: the next token's id."""
+        """Per example ``(summed negative log-likelihood, scored tokens)`` (``logits``: the scored positions'
+        states); unlabelled: the next token's id (``logits``: ``(B, V)``)."""
         if "labels" not in batch:
             return [(int(i), None) for i in logits.argmax(-1)]
         keep = batch["labels"] != IGNORE
-        nll = F.cross_entropy(logits.float(), batch["labels"][keep], reduction="none")
+        assert self._lm_head is not None, "bind() comes first"
+        nll = lm_token_nll(logits, self._lm_head, batch["labels"][keep])
         counts = keep.sum(1).tolist()
         return [(float(part.sum()), int(n)) for part, n in zip(nll.split(counts), counts, strict=True)]
 
