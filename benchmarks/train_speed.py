@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "cache_mmap": ({"activation_cache": "mmap"}, True, False),
     "compile": ({"compile": True}, False, False),
     "padding_free": ({"padding_free": True}, False, False),
+    "fast_dropout": ({"fast_dropout": True}, False, False),
+    "trim_memory": ({"trim_memory": True}, False, False),
 }
 SIZES = {"full": (2048, 872, 3), "quick": (256, 128, 2)}
 
@@ -55,7 +57,9 @@ def frozen_bottom(method: str) -> bool:
 
 def fast_switches(method: str, precision: str) -> dict[str, Any]:
     """Every adaptune switch that applies to the method at this precision."""
-    switches: dict[str, Any] = {"bf16_base": True} if precision == "bf16" else {}
+    switches: dict[str, Any] = {"fast_dropout": True, "trim_memory": True}
+    if precision == "bf16":
+        switches["bf16_base"] = True
     if frozen_bottom(method):
         switches["activation_cache"] = "memory"
     return switches

@@ -1,7 +1,7 @@
 """Training speed on a decoder: SmolLM2-135M-Instruct + LoRA on Alpaca, adaptune vs peft, identical batches.
 
     .venv/bin/python benchmarks/train_speed_lm.py                       # fp32, 48 rows: about 15 minutes here
-    .venv/bin/python benchmarks/train_speed_lm.py --precisions fp32 bf16 --variants plain padding_free
+    .venv/bin/python benchmarks/train_speed_lm.py --precisions fp32 bf16 --variants plain fast
 
 The set-up of the issue: LoRA r=8, alpha 16, no dropout, on all seven projections (q, k, v, o, gate, up, down),
 batch 8, up to 512 tokens, the first ``--rows`` rows of ``../shared/data/alpaca/alpaca_data.json`` in the
@@ -9,9 +9,9 @@ SmolLM2 chat template (adaptune's ``causal_lm`` encoding; loss on the response t
 adaptune's length-bucketed batches, which peft replays (each tool in its own process, so peak RSS is its own).
 peft trains ``AutoModelForCausalLM`` with ``labels`` (transformers' loss: the LM head on every position);
 adaptune runs its LM head on the labelled positions only. The same AdamW settings, warmup, clipping and seed.
-adaptune runs once per variant (``VARIANTS``: ``plain``; ``padding_free``, the real tokens only; ``fast``, also
-freed memory returned to the OS at once; ``low_memory``, also every block's activations recomputed in the backward
-pass), peft once.
+adaptune runs once per variant (``VARIANTS``: ``plain``; ``fast``, padding-free: the real tokens only;
+``fast_trimmed``, also freed memory returned to the OS at once; ``checkpoint_half`` / ``low_memory``, padding-free
+with every second / every block's activations recomputed in the backward pass), peft once.
 
 Per tool and precision: train tokens/s and examples/s (forward, loss, backward, clipping and the optimiser step,
 as adaptune's loop times them), peak RSS, the adapter folder's size, the held-out loss on the next ``--dev-rows``
@@ -48,9 +48,10 @@ IGNORE = -100
 #: adaptune's runs: training-config switches of each variant (peft runs once, plain).
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
-    "padding_free": {"padding_free": True},
-    "fast": {"padding_free": True, "trim_memory": True},
-    "low_memory": {"padding_free": True, "trim_memory": True, "activation_checkpointing": 1},
+    "fast": {"padding_free": True},
+    "fast_trimmed": {"padding_free": True, "trim_memory": True},
+    "checkpoint_half": {"padding_free": True, "activation_checkpointing": 2},
+    "low_memory": {"padding_free": True, "activation_checkpointing": 1},
 }
 
 

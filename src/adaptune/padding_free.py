@@ -10,10 +10,12 @@ SDPA with the padding mask, and packs the result again. The last hidden state co
 (zeros at padded positions), so heads and pooling are unchanged. Real tokens get what the padded pass gives, up
 to float rounding.
 
-Decoders (Llama, Qwen2, Mistral, GPT-2, ...) run the same way with causal attention: each example is unpacked
-to the start of its row (right-aligned, whatever the batch's padding side) and SDPA runs with ``is_causal`` and
-no mask, the flash kernel that skips the masked half; a real token sees only earlier real tokens of its own
-example, so the padding behind it changes nothing. Their position ids are the ones the padded pass gets.
+Decoders (Llama, Qwen2, Mistral, GPT-2, ...) run the same way with causal attention, through SDPA with
+``is_causal`` and no mask (the flash kernel that skips the masked half, keys and values at their own head
+count): up to :data:`PER_EXAMPLE_ROWS` examples one SDPA call each, on its own slice of the packed row, so no
+attention work is spent on padding; bigger batches in one call, each example unpacked to the start of its row
+(whatever the batch's padding side), where a real token sees only earlier real tokens of its own example, so the
+padding behind it changes nothing. Their position ids are the ones the padded pass gets.
 
 Backbones whose attention uses the interface and whose forward takes ``position_ids`` (BERT, RoBERTa, XLM-R,
 Llama, ...) qualify (:func:`supports`). Modules that see the padded batch as ``(B, ...)`` rows, such as the
@@ -115,6 +117,10 @@ def worth_packing(attention_mask: torch.Tensor, min_share: float = MIN_PADDING_S
     return share > 0 and share >= min_share
 
 
+#: Causal attention runs example by example (one SDPA call each, at its own length) up to this many rows;
+#: bigger batches run as one call on the left-aligned layout.
+PER_EXAMPLE_ROWS = 16
+
 _state = threading.local()
 
 
@@ -144,6 +150,15 @@ def _attention(
     causal = kwargs.pop("is_causal", None)
     causal = bool(getattr(module, "is_causal", False) if causal is None else causal)
 
+    if causal and packing.shape[0] <= PER_EXAMPLE_ROWS:  # each example at its own length: no padded work
+        spans = [(a, b) for a, b in zip(packing.row_starts, packing.row_starts[1:], strict=False) if b > a]
+        parts = [
+            sdpa_attention_forward(
+                module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True, **kwargs
+            )[0]
+            for a, b in spans
+        ]  # each (1, n, H, d)
+        return torch.cat(parts, dim=1), None
     if causal:
 
         def unpack(t: torch.Tensor) -> torch.Tensor:  # (1, H, T, d) -> (B, H, W, d), examples from column 0

@@ -83,11 +83,18 @@ DECODER_MASKS = {
 }
 
 
+@pytest.mark.parametrize("per_example", [True, False])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
-def test_decoders_packed_equal_padded(arch: str, side: str, request: pytest.FixtureRequest) -> None:
-    """Causal attention on the left-aligned layout gives each real token what the padded pass gives it, for
-    right and left padding, grouped-query (Llama) and absolute-position (GPT-2) decoders, values and gradients."""
+def test_decoders_packed_equal_padded(
+    arch: str, side: str, per_example: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Causal attention, example by example or on the left-aligned layout, gives each real token what the padded
+    pass gives it, for right and left padding, grouped-query (Llama) and absolute-position (GPT-2) decoders,
+    values and gradients."""
+    import adaptune.padding_free as padding_free
+
+    monkeypatch.setattr(padding_free, "PER_EXAMPLE_ROWS", 16 if per_example else 0)
     decoder = load_backbone(ModelConfig(name_or_path=str(request.getfixturevalue(arch)))).model.eval()
     assert supports(decoder)
     mask = DECODER_MASKS[side]

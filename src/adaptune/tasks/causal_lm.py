@@ -6,8 +6,8 @@ template. Loss: next-token cross-entropy on the assistant turns only (their end-
     L = - (1 / N) sum_{t in R} log p(x_{t+1} | x_{<=t})       R: positions whose next token is a response token
 
 and the frozen LM head runs only on those ``N`` positions: ``(N, d) -> (N, V)`` instead of ``(B, T, V)``, a
-chunk of rows at a time (:class:`ChunkedLMLoss`), so the ``(N, V)`` logits are never stored: the backward pass
-recomputes each chunk's logits from the ``(N, d)`` states. The head's output for labelled batches is those
+chunk of rows at a time (:class:`ChunkedLMLoss`), which also computes the states' gradient from each chunk's
+logits, so the ``(N, V)`` logits are never stored. The head's output for labelled batches is those
 states; :meth:`CausalLM.loss` and :meth:`CausalLM.decode` apply the LM head.
 
 Packing (``pack: true``): training examples are concatenated into rows of at most ``max_length`` tokens; each
@@ -93,9 +93,12 @@ def _logits(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 class ChunkedLMLoss(torch.autograd.Function):
     """Mean cross-entropy of next tokens ``targets (N,)`` given states ``(N, d)`` under a frozen LM head (weight
-    ``(V, d)``, optional bias), ``rows`` states at a time. Saves the states and one log-sum-exp per row instead
-    of ``(N, V)`` log-probabilities; the backward pass recomputes each chunk's logits (one more LM-head matmul)
-    and returns the states' gradient only (the LM head is frozen)."""
+    ``(V, d)``, optional bias), ``rows`` states at a time, never holding more than one chunk of logits.
+
+    The loss is a scalar, so its gradient with respect to the states is known up to the incoming factor as soon
+    as a chunk's logits are: ``(softmax - onehot(target)) / N @ W``. The forward pass computes it right there and
+    saves it ``(N, d)``; the backward pass only scales it. The logits are computed once, and neither they nor
+    the ``(N, V)`` log-probabilities are stored. Only the states get a gradient (the LM head is frozen)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -107,35 +110,26 @@ class ChunkedLMLoss(torch.autograd.Function):
         rows: int,
     ) -> torch.Tensor:
         n = states.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=states.device)
-        picked = torch.empty(n, dtype=torch.float32, device=states.device)
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        grad = torch.empty_like(states) if ctx.needs_input_grad[0] else None
         for start in range(0, n, rows):
             end = min(n, start + rows)
             logits = _logits(states[start:end], weight, bias)
-            lse[start:end] = torch.logsumexp(logits, dim=-1)
-            picked[start:end] = logits.gather(1, targets[start:end, None])[:, 0]
-        ctx.save_for_backward(states, weight, bias, targets, lse)
-        device = states.device.type
-        ctx.rows, ctx.device = rows, device
-        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return (lse - picked).mean()
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, targets[start:end, None])[:, 0]
+            total += (lse - picked).sum()
+            if grad is not None:
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(end - start, device=probs.device), targets[start:end]] -= 1.0
+                probs.div_(n)
+                grad[start:end] = (probs.to(weight.dtype) @ weight).to(states.dtype)
+        ctx.save_for_backward(grad)
+        return total / n
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        states, weight, bias, targets, lse = ctx.saved_tensors
-        n = states.shape[0]
-        d_states = torch.empty_like(states)
-        scale = grad.float() / n
-        enabled, dtype = ctx.autocast
-        for start in range(0, n, ctx.rows):
-            end = min(n, start + ctx.rows)
-            with torch.autocast(ctx.device, dtype=dtype, enabled=enabled):  # the forward's logits, recomputed
-                logits = _logits(states[start:end], weight, bias)
-            probs = (logits - lse[start:end, None]).exp_()
-            probs[torch.arange(end - start, device=probs.device), targets[start:end]] -= 1.0
-            probs.mul_(scale)
-            d_states[start:end] = (probs.to(weight.dtype) @ weight).to(states.dtype)
-        return d_states, None, None, None, None
+    def backward(ctx: Any, incoming: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * incoming.to(grad.dtype), None, None, None, None
 
 
 def lm_loss(states: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
