@@ -56,8 +56,8 @@ def frozen_bottom(method: str) -> bool:
 
 
 def fast_switches(method: str, precision: str) -> dict[str, Any]:
-    """Every adaptune switch that applies to the method at this precision."""
-    switches: dict[str, Any] = {"fast_dropout": True, "trim_memory": True}
+    """Every adaptune speed switch that applies to the method at this precision."""
+    switches: dict[str, Any] = {"fast_dropout": True}
     if precision == "bf16":
         switches["bf16_base"] = True
     if frozen_bottom(method):
@@ -66,7 +66,8 @@ def fast_switches(method: str, precision: str) -> dict[str, Any]:
 
 
 def adaptune_variants(method: str, precision: str, ablation: bool) -> list[tuple[str, dict[str, Any]]]:
-    """``plain`` and ``fast`` (all applicable switches, when any), plus each switch alone with ``ablation``."""
+    """``plain``, ``fast`` (all applicable speed switches) and ``lean`` (``fast`` with ``trim_memory``), plus
+    each switch alone with ``ablation``."""
     runs = [("plain", {})]
     fast = fast_switches(method, precision)
     if ablation:
@@ -80,6 +81,7 @@ def adaptune_variants(method: str, precision: str, ablation: bool) -> list[tuple
                 runs.append((name, switches))
     if fast and fast not in [s for _n, s in runs]:
         runs.append(("fast", fast))
+    runs.append(("lean", {**fast, "trim_memory": True}))
     return runs
 
 
