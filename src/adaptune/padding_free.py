@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -52,24 +53,31 @@ class Packing:
     shape: tuple[int, int]
     row_starts: list[int]
     padding_mask: torch.Tensor  # (B, 1, 1, L) bool, True = attend
-    #: ``(T,)`` flat indices into ``B * W`` (``W``: the longest example) that put each example at the start of
-    #: its row, for causal attention
-    left_aligned: torch.Tensor
-    width: int
 
     @property
     def tokens(self) -> int:
         return int(self.keep.numel())
 
+    @cached_property
+    def width(self) -> int:
+        """The longest example's length ``W``."""
+        return max((b - a for a, b in zip(self.row_starts, self.row_starts[1:], strict=False)), default=0)
+
+    @cached_property
+    def left_aligned(self) -> torch.Tensor:
+        """``(T,)`` flat indices into ``B * W`` that put each example at the start of its row (causal attention
+        of big batches; built on first use)."""
+        counts = torch.tensor(
+            [b - a for a, b in zip(self.row_starts, self.row_starts[1:], strict=False)], device=self.keep.device
+        )
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.keep.device), counts)
+        starts = torch.tensor(self.row_starts[:-1], dtype=torch.long, device=self.keep.device)
+        within = torch.arange(self.tokens, device=self.keep.device) - starts[rows]  # index in its example
+        return rows * self.width + within
+
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """``(T, ...)`` -> ``(B, L, ...)`` with zeros at padded positions."""
-        batch, length = self.shape
-        out = packed.new_zeros((batch * length, *packed.shape[1:]))
-        if packed.requires_grad and torch.is_grad_enabled():
-            out = out.index_copy(0, self.keep, packed)  # out of place: differentiable
-        else:
-            out.index_copy_(0, self.keep, packed)
-        return out.view(batch, length, *packed.shape[1:])
+        return _scatter(packed, self.keep, self.shape)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """``(B, L, ...)`` -> ``(T, ...)``."""
@@ -77,34 +85,32 @@ class Packing:
 
     def unpack_left(self, packed: torch.Tensor) -> torch.Tensor:
         """``(T, ...)`` -> ``(B, W, ...)``, each example from column 0, zeros behind it (``W``: the longest)."""
-        batch = self.shape[0]
-        out = packed.new_zeros((batch * self.width, *packed.shape[1:]))
-        if packed.requires_grad and torch.is_grad_enabled():
-            out = out.index_copy(0, self.left_aligned, packed)
-        else:
-            out.index_copy_(0, self.left_aligned, packed)
-        return out.view(batch, self.width, *packed.shape[1:])
+        return _scatter(packed, self.left_aligned, (self.shape[0], self.width))
 
     def pack_left(self, padded: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`unpack_left`: ``(B, W, ...)`` -> ``(T, ...)``."""
         return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.left_aligned)
 
 
+def _scatter(packed: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(T, ...)`` rows to the flat positions ``index`` of a zero ``(B, L, ...)`` tensor."""
+    batch, length = shape
+    out = packed.new_zeros((batch * length, *packed.shape[1:]))
+    if packed.requires_grad and torch.is_grad_enabled():
+        out = out.index_copy(0, index, packed)  # out of place: differentiable
+    else:
+        out.index_copy_(0, index, packed)
+    return out.view(batch, length, *packed.shape[1:])
+
+
 def packing_of(attention_mask: torch.Tensor) -> Packing:
     """The :class:`Packing` of a ``(B, L)`` 0/1 attention mask."""
     mask = attention_mask != 0
-    counts = mask.sum(dim=1)
-    lengths = counts.tolist()
     starts = [0]
-    for n in lengths:
+    for n in mask.sum(dim=1).tolist():
         starts.append(starts[-1] + int(n))
     shape = (int(mask.shape[0]), int(mask.shape[1]))
-    width = max(lengths, default=0)
-    rows = torch.repeat_interleave(torch.arange(shape[0], device=mask.device), counts)
-    offsets = torch.tensor(starts[:-1], device=mask.device, dtype=torch.long)
-    within = torch.arange(rows.numel(), device=mask.device) - offsets[rows]  # each token's index in its example
-    keep = mask.reshape(-1).nonzero().squeeze(1)
-    return Packing(keep, shape, starts, mask[:, None, None, :], rows * width + within, width)
+    return Packing(mask.reshape(-1).nonzero().squeeze(1), shape, starts, mask[:, None, None, :])
 
 
 #: Below this share of padding, packing (a gather and a scatter per attention) costs about what it saves.
