@@ -157,12 +157,13 @@ def _attention(
     causal = bool(getattr(module, "is_causal", False) if causal is None else causal)
 
     if causal and packing.shape[0] <= PER_EXAMPLE_ROWS:  # each example at its own length: no padded work
-        spans = [(a, b) for a, b in zip(packing.row_starts, packing.row_starts[1:], strict=False) if b > a]
+        # split, not slicing: the backward pass concatenates the examples' gradients once, where the gradient
+        # of each slice would be a zero-filled tensor of the whole row, summed example by example.
+        sizes = [b - a for a, b in zip(packing.row_starts, packing.row_starts[1:], strict=False)]
         parts = [
-            sdpa_attention_forward(
-                module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True, **kwargs
-            )[0]
-            for a, b in spans
+            sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
+            if q.shape[2]
         ]  # each (1, n, H, d)
         return torch.cat(parts, dim=1), None
     if causal:
