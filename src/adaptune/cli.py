@@ -139,6 +139,10 @@ TopK = Annotated[int, typer.Option(help="Keep the k most likely tokens (with --s
 Sample = Annotated[bool, typer.Option("--sample/--greedy", help="Sample instead of greedy decoding.")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="A string that ends generation (repeatable).")]
 Seed = Annotated[int | None, typer.Option(help="Seed of the sampler.")]
+RepetitionPenalty = Annotated[
+    float,
+    typer.Option(help="Penalise tokens already in the prompt or output (1.0 off; 1.1-1.3 curbs loops)."),
+]
 
 
 def _generation_config(
@@ -149,6 +153,7 @@ def _generation_config(
     top_k: int,
     stop: list[str] | None,
     seed: int | None,
+    repetition_penalty: float = 1.0,
 ) -> GenerationConfig:
     from adaptune.generation import GenerationConfig
 
@@ -160,6 +165,7 @@ def _generation_config(
         top_k=top_k,
         stop=stop or [],
         seed=seed,
+        repetition_penalty=repetition_penalty,
     )
 
 
@@ -176,6 +182,7 @@ def generate(
     top_k: TopK = 0,
     stop: Stop = None,
     seed: Seed = None,
+    repetition_penalty: RepetitionPenalty = 1.0,
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together (left-padded).")] = 8,
     raw: Annotated[bool, typer.Option(help="Continue plain-text prompts as they are, without the template.")] = False,
 ) -> None:
@@ -186,7 +193,7 @@ def generate(
     from adaptune.inference import Predictor
 
     try:
-        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed)
+        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed, repetition_penalty)
         items = _read_inputs(source)
         prompts = [_prompt_of(item, number) for number, item in enumerate(items, start=1)]
         predictor = Predictor.load(adapter)
@@ -226,12 +233,13 @@ def chat(
     top_k: TopK = 0,
     stop: Stop = None,
     seed: Seed = None,
+    repetition_penalty: RepetitionPenalty = 1.0,
 ) -> None:
     """Chat in the terminal: replies stream as they are generated; the conversation is kept (/reset, /exit)."""
     from adaptune.inference import Predictor
 
     try:
-        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed)
+        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed, repetition_penalty)
         predictor = Predictor.load(adapter)
         err_console.print("chat: /reset forgets the conversation, /exit (or Ctrl-D) ends it", highlight=False)
         chat_loop(predictor, config, system, read=lambda: input("> "), write=sys.stdout.write)

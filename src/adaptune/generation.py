@@ -6,9 +6,10 @@ cache); ``stream(model, prompt, config)`` yields the text of one prompt as it gr
 1. prefill: the prompts ``(B, T)`` go through the method's input hook (``Method.prepare_inputs``), so prompt
    tuning's virtual tokens ``(B, n + T, d)`` and prefix tuning's key/value prefixes (a cache of length ``n``)
    are in place, with position ids counted from the attention mask (left padding does not shift them);
-2. step: the last position's hidden state ``(B, d)`` -> the frozen LM head -> logits ``(B, V)`` -> next token
-   ``(B,)`` (argmax, or a sample after temperature, top-k and top-p); the token goes in alone ``(B, 1)`` with
-   the cache, the mask grows by one column and each row's position by one.
+2. step: the last position's hidden state ``(B, d)`` -> the frozen LM head -> logits ``(B, V)`` (the repetition
+   penalty on the tokens the row has had) -> next token ``(B,)`` (argmax, or a sample after temperature, top-k and
+   top-p); the token goes in alone ``(B, 1)`` with the cache, the mask grows by one column and each row's position
+   by one.
 
 LoRA and the other weight methods act through their hooks, merged or not. A row finishes at an end-of-turn
 token (``finish_reason="stop"``, the token not shown), at a stop string (cut before it, ``"stop"``), or after
@@ -45,6 +46,14 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, le=100, description="Sampling: logits are divided by it.")
     top_p: float = Field(1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this mass.")
     top_k: int = Field(0, ge=0, description="Sampling: keep the k most likely tokens; 0 keeps all.")
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Tokens already in the prompt or the output get their logit divided by it when positive and "
+        "multiplied by it when negative (transformers' repetition_penalty; greedy decoding too); 1.0 is off, "
+        "1.1-1.3 curbs the loops of small models.",
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end the generation (not included).")
     seed: int | None = Field(None, description="Seed of the sampler; None uses torch's global generator.")
 
@@ -133,6 +142,13 @@ def _template(model: AdaptedModel) -> str:
     return template_for(model.info.tokenizer, getattr(model.task.config, "chat_template", None))
 
 
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``logits (B, V)`` with the entries where ``seen (B, V)`` is True made less likely: positive ones divided by
+    ``penalty``, negative ones multiplied by it (CTRL's repetition penalty, as transformers applies it)."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
 def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Next token ``(B,)`` from logits ``(B, V)``."""
     if not config.do_sample:
@@ -166,10 +182,20 @@ def _steps(model: AdaptedModel, rows: list[list[int]], config: GenerationConfig)
     inputs.setdefault("position_ids", positions_from_mask(mask))
     position = inputs["position_ids"][:, -1:]
     generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
+    seen = None  # (B, V): the tokens each row has had so far, for the repetition penalty
+    if config.repetition_penalty != 1.0:
+        seen = torch.zeros(len(rows), lm_head.weight.shape[0], dtype=torch.bool, device=device)
+        for i, row in enumerate(rows):
+            seen[i, torch.tensor(row, dtype=torch.long, device=device)] = True
     out = model.backbone(**inputs, use_cache=True)
     while True:
         hidden = out.last_hidden_state[:, -1]
-        token = _pick(lm_head(hidden.to(lm_head.weight.dtype)), config, generator)
+        logits = lm_head(hidden.to(lm_head.weight.dtype))
+        if seen is not None:
+            logits = penalise_repeats(logits.float(), seen, config.repetition_penalty)
+        token = _pick(logits, config, generator)
+        if seen is not None:
+            seen[torch.arange(len(rows), device=device), token] = True
         yield token
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
         position = position + 1

@@ -10,7 +10,7 @@ import torch
 from lm_tools import adapted, naive_greedy, randomise_adapter
 
 from adaptune.data.chat import Message, prompt_ids, stop_token_ids, template_for
-from adaptune.generation import GenerationConfig, _Row, generate, stream
+from adaptune.generation import GenerationConfig, _Row, generate, penalise_repeats, stream
 
 PROMPTS = ["hello there , how are you", "tell me about the weather today in the city", "one"]
 GREEDY = GenerationConfig(max_new_tokens=12)
@@ -130,3 +130,53 @@ def test_top_p_keeps_the_smallest_set_with_that_mass() -> None:
     gen = torch.Generator().manual_seed(0)
     seen = {int(_pick(logits, config, gen)) for _ in range(300)}
     assert seen == {0, 1}
+
+
+def test_repetition_penalty_scales_seen_logits_by_sign() -> None:
+    logits = torch.tensor([[2.0, -2.0, 3.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = penalise_repeats(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 3.0, -1.0]]
+
+
+def test_repetition_penalty_decodes_as_transformers_does(tiny_lm: Path) -> None:
+    """Greedy decoding with a repetition penalty gives transformers' tokens (prompt tokens penalised too); the
+    adapter is freshly initialised LoRA, so the adapted model is the base."""
+    from transformers import AutoModelForCausalLM
+
+    model = adapted(tiny_lm)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    tokenizer = model.info.tokenizer
+    stops = stop_token_ids(tokenizer, template_for(tokenizer))
+    penalised = GenerationConfig(max_new_tokens=12, repetition_penalty=1.8)
+    changed = 0
+    echo = generate(model, [PROMPTS[0]], GREEDY)[0].text  # a prompt made of what greedy decoding would say
+    for text in [*PROMPTS, echo]:
+        ids = _ids(model, text)
+        with torch.no_grad():
+            full = reference.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                repetition_penalty=1.8,
+                max_new_tokens=12,
+                eos_token_id=sorted(stops),
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, len(ids) :].tolist()
+        ours = generate(model, [text], penalised)[0]
+        shown = [t for t in full if t not in stops]
+        assert ours.text == tokenizer.decode(shown, skip_special_tokens=True)
+        assert ours.completion_tokens == len(full)
+        changed += ours.text != generate(model, [text], GREEDY)[0].text
+    assert changed >= 1  # the penalty did change what greedy decoding picks
+
+
+def test_repetition_penalty_reaches_the_cli_and_the_server_fields() -> None:
+    from adaptune.cli import _generation_config
+    from adaptune.server.openai import decoding
+    from adaptune.server.schemas import SamplingFields
+
+    assert _generation_config(5, False, 1.0, 1.0, 0, None, None, 1.3).repetition_penalty == 1.3
+    assert decoding(SamplingFields(repetition_penalty=1.2), 5).repetition_penalty == 1.2
+    with pytest.raises(ValueError):
+        GenerationConfig(repetition_penalty=0)

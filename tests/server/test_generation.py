@@ -66,6 +66,20 @@ def test_generate_matches_offline(gen_url: str, llama_setup: tuple[Path, Path], 
     assert [g["prompt_tokens"] for g in body["generations"]] == [w.prompt_tokens for w in want]
 
 
+def test_generate_passes_the_repetition_penalty(gen_url: str, llama_setup: tuple[Path, Path]) -> None:
+    (echo,) = offline(llama_setup, "chat-lora", ["where is my parcel?"], GenerationConfig(max_new_tokens=8), chat=True)
+    prompts = [echo.text]  # a prompt made of what greedy decoding says: the penalty has something to act on
+    request = {"adapter": "chat-lora", "prompts": prompts, "max_new_tokens": 8, "repetition_penalty": 3.0}
+    with http(gen_url) as client:
+        body = client.post("/v1/generate", json=request).json()
+    config = GenerationConfig(max_new_tokens=8, repetition_penalty=3.0)
+    (want,) = offline(llama_setup, "chat-lora", prompts, config, chat=True)
+    assert body["generations"][0]["text"] == want.text
+    assert body["generations"][0]["completion_tokens"] == want.completion_tokens
+    (plain,) = offline(llama_setup, "chat-lora", prompts, GenerationConfig(max_new_tokens=8), chat=True)
+    assert plain.text != want.text  # the penalty changes this reply, so the server did not drop it
+
+
 def test_completions_continue_raw_text(gen_url: str, llama_setup: tuple[Path, Path]) -> None:
     with http(gen_url) as client:
         body = client.post(

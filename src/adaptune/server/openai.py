@@ -51,6 +51,7 @@ def decoding(fields: SamplingFields, max_new_tokens: int, do_sample: bool | None
         temperature=fields.temperature if fields.temperature > 0 else 1.0,
         top_p=fields.top_p,
         top_k=fields.top_k,
+        repetition_penalty=fields.repetition_penalty,
         stop=stop,
         seed=fields.seed,
     )

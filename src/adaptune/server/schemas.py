@@ -72,6 +72,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
     stop: str | list[str] | None = None
     seed: int | None = None
 
