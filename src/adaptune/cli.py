@@ -346,7 +346,7 @@ def export(
         return
     for note in result.notes:
         typer.echo(f"note: {note}")
-    typer.echo(f"peft adapter: {result.path} (PeftModel.from_pretrained; labels and pooling in adaptune.json)")
+    typer.echo(f"peft adapter: {result.path} (PeftModel.from_pretrained; how to load it: load_with in adaptune.json)")
 
 
 @app.command("import")
@@ -356,7 +356,9 @@ def import_(
     base: Annotated[
         str | None, typer.Option(help="Base model, if not the peft config's base_model_name_or_path.")
     ] = None,
-    task: Annotated[str | None, typer.Option(help="seq_cls or token_cls, when peft's task_type names neither.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="seq_cls, token_cls or causal_lm, when peft's task_type names none.")
+    ] = None,
     labels: Annotated[str | None, typer.Option(help="Label names, comma-separated (default: LABEL_0, ...).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:

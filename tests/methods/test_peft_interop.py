@@ -253,7 +253,7 @@ def test_unimportable_peft_folders(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(AdapterFileError, match="rank_pattern"):
         import_peft(folder, tmp_path / "b")
     rewrite(task_type="FEATURE_EXTRACTION", modules_to_save=None)
-    with pytest.raises(ConfigError, match="give task='seq_cls' or 'token_cls'"):
+    with pytest.raises(ConfigError, match="give task='seq_cls', 'token_cls' or 'causal_lm'"):
         import_peft(folder, tmp_path / "c")
     rewrite()
     save_file({**tensors, "base_model.model.classifier.extra.weight": torch.zeros(2, 32)}, weights)

@@ -21,13 +21,27 @@ PEFT_PICKLE = "adapter_model.bin"
 SIDECAR = "adaptune.json"
 SIDECAR_FORMAT = "adaptune-peft-export"
 #: adaptune task -> peft task type, and back
-TASK_TYPES = {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}
+TASK_TYPES = {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
 TASKS_BY_TYPE = {v: k for k, v in TASK_TYPES.items()}
 #: adaptune task -> the transformers auto class a peft user loads the base with
-AUTO_CLASSES = {"seq_cls": "AutoModelForSequenceClassification", "token_cls": "AutoModelForTokenClassification"}
+AUTO_CLASSES = {
+    "seq_cls": "AutoModelForSequenceClassification",
+    "token_cls": "AutoModelForTokenClassification",
+    "causal_lm": "AutoModelForCausalLM",
+}
+#: the task whose head is the base model's own frozen LM head: nothing in ``modules_to_save``, no labels
+LM_TASK = "causal_lm"
 #: peft types that keep their tensors outside the base model (``prompt_embeddings``), and their head under
 #: ``base_model.`` instead of ``base_model.model.``
 PROMPT_LEARNING_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING"}
+#: why peft's outputs differ from adaptune's for prompt or prefix tuning on a decoder (adaptune numbers positions
+#: from the attention mask, :mod:`adaptune.methods.virtual`)
+DECODER_POSITIONS = "peft numbers positions 0..n+T-1 whatever the padding: equal outputs for unpadded inputs only"
+LM_PREFIX_POSITIONS = (
+    "peft numbers the text after the prefix n..n+T-1 whatever the padding unless it is given position_ids (recent "
+    "peft adds n to them): equal outputs for unpadded or right-padded inputs, or with position_ids = "
+    "attention_mask.cumsum(-1) - 1 (as generate() passes them)"
+)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from adaptune.data.chat import stop_token_ids, template_for
 from adaptune.errors import ConfigError
 from adaptune.inference import model_from_adapter
 from adaptune.io import atomic_write_json, load_adapter
@@ -20,6 +21,9 @@ from adaptune.methods.lora import LoRAConfig
 from adaptune.model import AdaptedModel
 from adaptune.peft_interop.common import (
     AUTO_CLASSES,
+    DECODER_POSITIONS,
+    LM_PREFIX_POSITIONS,
+    LM_TASK,
     PEFT_CONFIG,
     PEFT_WEIGHTS,
     SIDECAR,
@@ -37,16 +41,17 @@ _LORA_NAMES = {"lora_a.weight": "lora_A.weight", "lora_b.weight": "lora_B.weight
 
 @dataclass(frozen=True)
 class HfHead:
-    """Where transformers' task class keeps things: ``prefix`` of the base model (``bert.``), ``module`` (the
-    top-level head child, named in ``modules_to_save``), ``linear`` (its last linear layer) and every module name."""
+    """Where transformers' task class keeps things: ``prefix`` of the base model (``bert.``), every module name and,
+    for classifiers, ``module`` (the top-level head child, named in ``modules_to_save``) and ``linear`` (its last
+    linear layer). causal_lm has neither: the LM head stays as transformers loads it."""
 
     auto_class: str
     prefix: str
-    module: str
-    linear: str
-    has_bias: bool
-    single_linear: bool
     names: frozenset[str]
+    module: str | None = None
+    linear: str | None = None
+    has_bias: bool = False
+    single_linear: bool = True
 
 
 def hf_head(config: Any, task: str, num_labels: int) -> HfHead:
@@ -55,13 +60,18 @@ def hf_head(config: Any, task: str, num_labels: int) -> HfHead:
 
     auto = getattr(transformers, AUTO_CLASSES[task])
     config = copy.deepcopy(config)
-    config.num_labels = num_labels
+    if task != LM_TASK:
+        config.num_labels = num_labels
     try:
         with torch.device("meta"):
             model = auto.from_config(config)
     except ValueError as err:
         raise ConfigError(f"peft export needs transformers' {AUTO_CLASSES[task]} for this model: {err}") from None
     prefix = str(model.base_model_prefix)
+    names = frozenset(name for name, _ in model.named_modules())
+    base = f"{prefix}." if hasattr(model, prefix) else ""
+    if task == LM_TASK:
+        return HfHead(auto_class=AUTO_CLASSES[task], prefix=base, names=names)
     linears = [
         (name, module)
         for name, module in model.named_modules()
@@ -74,12 +84,12 @@ def hf_head(config: Any, task: str, num_labels: int) -> HfHead:
     head_params = sum(1 for _ in model.get_submodule(top).parameters())
     return HfHead(
         auto_class=AUTO_CLASSES[task],
-        prefix=f"{prefix}." if hasattr(model, prefix) else "",
+        prefix=base,
+        names=names,
         module=top,
         linear=linear,
         has_bias=layer.bias is not None,
         single_linear=top == linear and head_params == (2 if layer.bias is not None else 1),
-        names=frozenset(name for name, _ in model.named_modules()),
     )
 
 
@@ -199,7 +209,7 @@ def _prefix(model: AdaptedModel, head: HfHead) -> tuple[dict[str, Any], dict[str
 EXPORTERS = {"lora": _lora, "ia3": _ia3, "prompt": _prompt, "prefix": _prefix}
 
 
-def _head_notes(model: AdaptedModel, head: HfHead, task: str, method: str) -> list[str]:
+def _notes(model: AdaptedModel, head: HfHead, task: str, method: str) -> list[str]:
     """Why peft's logits would differ from ours (empty: they are equal)."""
     notes = []
     pooling, decoder = model.info.pooling, model.info.is_decoder
@@ -215,35 +225,64 @@ def _head_notes(model: AdaptedModel, head: HfHead, task: str, method: str) -> li
             f"peft_model.get_base_model().base_model yourself ('{pooling}', attention mask) and apply the exported "
             f"'{head.linear}'"
         )
-    if not head.has_bias:
+    if head.linear is not None and not head.has_bias:
         notes.append(f"'{head.linear}' has no bias in transformers: add adaptune.json head.bias to peft's logits")
     if method == "prefix" and not decoder:
         notes.append("peft numbers an encoder's positions after the prefix (adaptune: from 0): outputs differ")
-    if method in PROMPT_LEARNING and decoder:
-        notes.append("peft numbers positions 0..n+T-1 whatever the padding: equal outputs for unpadded inputs only")
+    if method == "prefix" and task == LM_TASK:
+        notes.append(LM_PREFIX_POSITIONS)
+    elif method in PROMPT_LEARNING and decoder:
+        notes.append(DECODER_POSITIONS)
     return notes
+
+
+def _classifier(
+    model: AdaptedModel, head: HfHead, peft_type: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The classifier's tensors under peft's ``modules_to_save`` names, and the bias transformers' layer lacks
+    (None: it has one)."""
+    if head.linear is None:
+        return {}, None
+    where = head_prefix(peft_type) + head.linear
+    classifier = model.head.classifier
+    if head.has_bias:
+        return {f"{where}.weight": classifier.weight, f"{where}.bias": classifier.bias}, None
+    return {f"{where}.weight": classifier.weight}, classifier.bias.detach()
+
+
+def _load_with(model: AdaptedModel, head: HfHead) -> dict[str, Any]:
+    """How a peft user loads the export: the classes and their arguments; for causal_lm the chat template adaptune
+    renders prompts with and the tokens that end a reply (``generate(..., eos_token_id=...)``)."""
+    tokenizer = model.info.tokenizer
+    pad = tokenizer.pad_token_id
+    load = {"auto_class": head.auto_class, "peft_class": "PeftModel", "pad_token_id": pad}
+    if head.module is None:
+        template = template_for(tokenizer, getattr(model.task.config, "chat_template", None))
+        load["python"] = f"PeftModel.from_pretrained({head.auto_class}.from_pretrained(base), out)"
+        return {**load, "chat_template": template, "eos_token_id": sorted(stop_token_ids(tokenizer, template))}
+    labels = list(model.labels)
+    load["python"] = (
+        f"PeftModel.from_pretrained({head.auto_class}.from_pretrained(base, num_labels={len(labels)}, "
+        f"pad_token_id={pad}), out)"
+    )
+    return {**load, "num_labels": len(labels), "id2label": dict(enumerate(labels))}
 
 
 def _sidecar(
     model: AdaptedModel, description: dict[str, Any], head: HfHead, notes: list[str], bias: torch.Tensor | None
 ) -> dict[str, Any]:
     adapter = {k: v for k, v in description.items() if k not in ("format", "format_version", "weights")}
-    labels = list(model.labels)
+    classifier = {
+        "module": head.module,
+        "linear": head.linear,
+        "pooling": model.info.pooling if hasattr(model.head, "pooling") else None,
+        "bias": None if bias is None else bias.tolist(),
+    }
     return {
         "format": SIDECAR_FORMAT,
         "format_version": 1,
-        "load_with": {
-            "auto_class": head.auto_class,
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "pad_token_id": model.info.tokenizer.pad_token_id,
-        },
-        "head": {
-            "module": head.module,
-            "linear": head.linear,
-            "pooling": model.info.pooling if hasattr(model.head, "pooling") else None,
-            "bias": None if bias is None else bias.tolist(),
-        },
+        "load_with": _load_with(model, head),
+        "head": None if head.module is None else classifier,  # causal_lm: the base model's own LM head
         "exact": not notes,
         "notes": notes,
         "adapter": adapter,
@@ -256,7 +295,7 @@ def export_peft(
     """Write the adapter in ``adapter_dir`` as a peft folder in ``out_dir`` (see the module docstring).
 
     ``base`` loads the adapter onto another copy of its base model (same weights). Methods peft has no type for
-    (bottleneck, bitfit, head) and tasks other than seq_cls/token_cls raise a :class:`ConfigError`.
+    (bottleneck, bitfit, head) and tasks other than seq_cls/token_cls/causal_lm raise a :class:`ConfigError`.
     """
     out = check_out(out_dir, overwrite)
     adapter = load_adapter(adapter_dir)
@@ -269,21 +308,17 @@ def export_peft(
     model = model_from_adapter(adapter, base=base).eval()
     head = hf_head(model.backbone.config, task, len(model.labels))
     config, tensors = EXPORTERS[method](model, head)
-    where = head_prefix(config["peft_type"]) + head.linear
-    classifier = model.head.classifier
-    tensors[f"{where}.weight"] = classifier.weight
-    bias = None if head.has_bias else classifier.bias.detach()
-    if head.has_bias:
-        tensors[f"{where}.bias"] = classifier.bias
+    classifier, bias = _classifier(model, head, config["peft_type"])
+    tensors.update(classifier)
     peft_config = {
         "base_model_name_or_path": desc["base_model"]["name_or_path"],
         "revision": None,
         "task_type": TASK_TYPES[task],
         "inference_mode": True,
-        "modules_to_save": [head.module],
+        "modules_to_save": None if head.module is None else [head.module],
         **config,
     }
-    notes = _head_notes(model, head, task, method)
+    notes = _notes(model, head, task, method)
     sidecar = _sidecar(model, desc, head, notes, bias)
 
     def write(folder: Path) -> None:

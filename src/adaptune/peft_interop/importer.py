@@ -22,6 +22,9 @@ from adaptune.io import save_adapter
 from adaptune.methods.virtual import position_limit
 from adaptune.model import AdaptedModel
 from adaptune.peft_interop.common import (
+    DECODER_POSITIONS,
+    LM_PREFIX_POSITIONS,
+    LM_TASK,
     PEFT_CONFIG,
     PEFT_PICKLE,
     PEFT_WEIGHTS,
@@ -136,7 +139,8 @@ def _map(tensors: Tensors, suffixes: dict[str, str], host: _Hosts) -> tuple[Tens
     if unknown:
         raise AdapterFileError(
             f"peft tensors adaptune has no equivalent for: {sorted(unknown)[:5]} (LoRA on embeddings or "
-            "convolutions, trained biases and other variants cannot be imported)"
+            "convolutions, trained biases, saved embedding or LM head weights (a resized vocabulary) and other "
+            "variants cannot be imported)"
         )
     return ours, sorted(hosts)
 
@@ -207,8 +211,8 @@ def _task(config: dict[str, Any], sidecar: dict[str, Any] | None, task: str | No
     name = task or from_type
     if name is None:
         raise ConfigError(
-            f"peft task_type {config.get('task_type')!r} names no adaptune task: give task='seq_cls' or "
-            "'token_cls' (--task)"
+            f"peft task_type {config.get('task_type')!r} names no adaptune task: give task='seq_cls', "
+            "'token_cls' or 'causal_lm' (--task)"
         )
     if sidecar and sidecar["adapter"]["task"].get("name") == name:
         return dict(sidecar["adapter"]["task"])
@@ -230,12 +234,16 @@ def _head(head: Tensors, hidden: int, sidecar: dict[str, Any] | None) -> Tensors
         )
     bias = next((t for k, t in head.items() if k.endswith(".bias")), None)
     if bias is None:  # transformers' decoder heads (score) have no bias; adaptune's export keeps it aside
-        stored = (sidecar or {}).get("head", {}).get("bias")
+        stored = ((sidecar or {}).get("head") or {}).get("bias")
         bias = torch.tensor(stored, dtype=weight.dtype) if stored else torch.zeros(weight.shape[0], dtype=weight.dtype)
     return {"head.classifier.weight": weight, "head.classifier.bias": bias}
 
 
-def _labels(given: list[str] | None, sidecar: dict[str, Any] | None, head: Tensors | None) -> list[str]:
+def _labels(task: str, given: list[str] | None, sidecar: dict[str, Any] | None, head: Tensors | None) -> list[str]:
+    if task == LM_TASK:
+        if given:
+            raise ConfigError("task 'causal_lm' generates text and has no labels: give no label names")
+        return []
     count = None if head is None else int(head["head.classifier.weight"].shape[0])
     labels = given or (sidecar["adapter"]["labels"] if sidecar else None)
     if labels is None:
@@ -261,16 +269,38 @@ def _pooling(task: str, backbone: Backbone, sidecar: dict[str, Any] | None, note
     return "cls"
 
 
-def _notes(kind: str, backbone: Backbone, sidecar: dict[str, Any] | None) -> list[str]:
+def _notes(kind: str, task: str, backbone: Backbone, sidecar: dict[str, Any] | None) -> list[str]:
     """Where adaptune's outputs will differ from peft's for this adapter (an export says it itself)."""
     if sidecar:
         return list(sidecar.get("notes", []))
     notes = []
     if kind == "PREFIX_TUNING" and not backbone.is_decoder:
         notes.append("peft numbered an encoder's positions after the prefix, adaptune from 0: outputs differ")
-    if kind in ("PREFIX_TUNING", "PROMPT_TUNING") and backbone.is_decoder:
-        notes.append("peft numbers positions 0..n+T-1 whatever the padding: equal outputs for unpadded inputs only")
+    if kind == "PREFIX_TUNING" and task == LM_TASK:
+        notes.append(LM_PREFIX_POSITIONS)
+    elif kind in ("PREFIX_TUNING", "PROMPT_TUNING") and backbone.is_decoder:
+        notes.append(DECODER_POSITIONS)
     return notes
+
+
+def _chat_template(folder: Path, backbone: Backbone) -> str | None:
+    """The chat template of the tokenizer saved beside the adapter (LLaMA-Factory and many peft scripts save the
+    one they trained with) when it differs from the base tokenizer's; None: the base's (or adaptune's fallback)."""
+    jinja, config_path = folder / "chat_template.jinja", folder / "tokenizer_config.json"
+    found: Any = None
+    if jinja.is_file():
+        found = jinja.read_text(encoding="utf-8")
+    elif config_path.is_file():
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AdapterFileError(f"{config_path} is corrupt: {err}") from None
+        found = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(found, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None)
+    if not isinstance(found, str) or not found.strip() or found == backbone.tokenizer.chat_template:
+        return None
+    return found
 
 
 def _tag_scheme(labels: list[str]) -> str | None:
@@ -357,23 +387,31 @@ def _build(
     """The adapted model with the peft folder's tensors in it, and the notes on what differs from peft."""
     config, tensors = read_peft_config(folder), read_peft_tensors(folder)
     task_fields = _task(config, sidecar, task)
+    kind, name = config["peft_type"], task_fields["name"]
     adapter_tensors, head_tensors = split_head(config, tensors)
-    method_fields, state = IMPORTERS[config["peft_type"]](config, adapter_tensors, _Hosts(backbone))
-    notes = _notes(config["peft_type"], backbone, sidecar)
+    if name == LM_TASK and head_tensors:
+        raise AdapterFileError(
+            f"{folder / PEFT_CONFIG}: modules_to_save {config['modules_to_save']} trains copies of base modules (LM "
+            "head, embeddings ...); adaptune's causal_lm keeps them frozen, so this adapter cannot be imported"
+        )
+    if name == LM_TASK and "chat_template" not in task_fields:
+        task_fields["chat_template"] = _chat_template(folder, backbone)
+    method_fields, state = IMPORTERS[kind](config, adapter_tensors, _Hosts(backbone))
+    notes = _notes(kind, name, backbone, sidecar)
     head = _head(head_tensors, backbone.hidden_size, sidecar)
-    names = _labels(labels, sidecar, head)
-    backbone.pooling = _pooling(task_fields["name"], backbone, sidecar, notes)
+    names = _labels(name, labels, sidecar, head)
+    backbone.pooling = _pooling(name, backbone, sidecar, notes)
     try:
         run = validate_config({"method": method_fields, "task": task_fields})
         model = build_model(backbone, run.method, run.task, names)
     except ConfigError as err:
         raise AdapterFileError(f"{folder} cannot be imported: {err}") from None
-    if head is None:
+    if head is None and name != LM_TASK:
         notes.append("the peft folder has no task head: the imported head is untrained (random)")
     state.update(head if head is not None else {f"head.{k}": v for k, v in model.head.state_dict().items()})
     if sidecar:
         model.task.load_learned_state(sidecar["adapter"].get("task_state", {}))
-    elif task_fields["name"] == "token_cls":
+    elif name == "token_cls":
         model.task.load_learned_state({"tag_scheme": _tag_scheme(names)})
     try:
         model.load_trainable_state(state)
@@ -393,9 +431,10 @@ def import_peft(
 ) -> InteropResult:
     """Read a peft folder and write an adaptune adapter folder that :class:`~adaptune.Predictor` loads.
 
-    ``base``: the base model (default: the peft config's ``base_model_name_or_path``). ``task``: seq_cls or
-    token_cls, needed when peft's ``task_type`` names neither. ``labels``: the label names (default: those an
-    adaptune export recorded, else ``LABEL_0..``; required without a head). See :mod:`adaptune.peft_interop`.
+    ``base``: the base model (default: the peft config's ``base_model_name_or_path``). ``task``: seq_cls,
+    token_cls or causal_lm, needed when peft's ``task_type`` names none. ``labels``: the label names (default:
+    those an adaptune export recorded, else ``LABEL_0..``; required without a head; none for causal_lm). See
+    :mod:`adaptune.peft_interop`.
     """
     folder, out = Path(peft_dir), check_out(out_dir, overwrite)
     config, sidecar = read_peft_config(folder), read_sidecar(folder)
