@@ -13,7 +13,7 @@ cache); ``stream(model, prompt, config)`` yields the text of one prompt as it gr
 
 LoRA and the other weight methods act through their hooks, merged or not. A row finishes at an end-of-turn
 token (``finish_reason="stop"``, the token not shown), at a stop string (cut before it, ``"stop"``), or after
-``max_new_tokens`` (``"length"``).
+``max_new_tokens`` or as many as the position table leaves (``"length"``).
 
 Prompts: a list of ``{"role", "content"}`` messages is rendered with the chat template and its generation
 prompt; a string is one user message (``chat=True``, the default) or raw text continued as is (``chat=False``).
@@ -120,7 +120,9 @@ def _as_messages(prompt: Prompt, chat: bool) -> tuple[Message, ...] | str:
 def _encode_prompts(
     model: AdaptedModel, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool
 ) -> list[list[int]]:
-    """Token ids of every prompt, cut from the left so that prompt + max_new_tokens fit the position table."""
+    """Token ids of every prompt. With a position table of ``limit`` entries a prompt is cut from the left to
+    ``max(limit - max_new_tokens, limit // 2)`` tokens: it keeps room for max_new_tokens where the table has it,
+    and at least half the table where it has not (:func:`_budget` then lowers the number of new tokens)."""
     tokenizer, template = model.info.tokenizer, _template(model)
     rows = []
     for prompt in prompts:
@@ -133,9 +135,18 @@ def _encode_prompts(
             raise ConfigError("an empty prompt cannot be continued")
         limit = model.info.max_positions
         if limit is not None:
-            ids = ids[-max(1, limit - config.max_new_tokens) :]
+            if limit < 2:
+                raise ConfigError(f"{model.info.name} has {limit} position(s): no room for a prompt and a reply")
+            ids = ids[-max(limit - config.max_new_tokens, limit // 2) :]
         rows.append(ids)
     return rows
+
+
+def _budget(model: AdaptedModel, ids: list[list[int]], config: GenerationConfig) -> int:
+    """New tokens per prompt: max_new_tokens, or fewer where the longest prompt leaves less of the position table
+    (those rows end with finish_reason ``length``)."""
+    limit = model.info.max_positions
+    return config.max_new_tokens if limit is None else min(config.max_new_tokens, limit - max(map(len, ids)))
 
 
 def _template(model: AdaptedModel) -> str:
@@ -208,10 +219,10 @@ def _steps(model: AdaptedModel, rows: list[list[int]], config: GenerationConfig)
         )
 
 
-def _rows(model: AdaptedModel, config: GenerationConfig, count: int) -> list[_Row]:
+def _rows(model: AdaptedModel, config: GenerationConfig, ids: list[list[int]]) -> list[_Row]:
     tokenizer = model.info.tokenizer
-    stop_ids = stop_token_ids(tokenizer, _template(model))
-    return [_Row(tokenizer, list(config.stop), stop_ids, config.max_new_tokens) for _ in range(count)]
+    stop_ids, budget = stop_token_ids(tokenizer, _template(model)), _budget(model, ids, config)
+    return [_Row(tokenizer, list(config.stop), stop_ids, budget) for _ in ids]
 
 
 def _run(model: AdaptedModel, rows: list[_Row], ids: list[list[int]], config: GenerationConfig) -> Iterator[None]:
@@ -238,7 +249,7 @@ def generate(
     if not prompts:
         return []
     ids = _encode_prompts(model, prompts, config, chat)
-    rows = _rows(model, config, len(ids))
+    rows = _rows(model, config, ids)
     for _ in _run(model, rows, ids, config):
         pass
     return [
@@ -253,7 +264,7 @@ def stream(
     """Yield the generated text of one prompt in pieces (deltas); joined, they equal :func:`generate`'s text."""
     config = config or GenerationConfig()
     ids = _encode_prompts(model, [prompt], config, chat)
-    rows = _rows(model, config, 1)
+    rows = _rows(model, config, ids)
     for _ in _run(model, rows, ids, config):
         piece = rows[0].delta()
         if piece:

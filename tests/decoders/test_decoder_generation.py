@@ -180,3 +180,19 @@ def test_repetition_penalty_reaches_the_cli_and_the_server_fields() -> None:
     assert decoding(SamplingFields(repetition_penalty=1.2), 5).repetition_penalty == 1.2
     with pytest.raises(ValueError):
         GenerationConfig(repetition_penalty=0)
+
+
+def test_a_short_position_table_keeps_the_prompt_and_shortens_the_reply(tiny_lm: Path) -> None:
+    """The tiny model has 256 positions: the default 256 new tokens used to cut every prompt to its last token."""
+    model = adapted(tiny_lm)
+    limit = model.info.max_positions
+    assert limit == 256
+    out = generate(model, [PROMPTS[1]], GenerationConfig(max_new_tokens=256))[0]
+    assert out.prompt_tokens == len(_ids(model, PROMPTS[1]))
+    assert out.completion_tokens <= limit - out.prompt_tokens
+    short = generate(model, [PROMPTS[1]], GenerationConfig(max_new_tokens=4))[0]
+    assert short.prompt_tokens == out.prompt_tokens
+    long_text = " ".join(["weather"] * 300)  # longer than the table: cut to half of it, the reply gets the rest
+    cut = generate(model, [long_text], GenerationConfig(max_new_tokens=256))[0]
+    assert cut.prompt_tokens == limit // 2 and cut.completion_tokens <= limit - limit // 2
+    assert generate(model, [long_text], GenerationConfig(max_new_tokens=10))[0].prompt_tokens == limit - 10
