@@ -88,6 +88,13 @@ class TrainingConfig(StrictModel):
         None, gt=0, lt=1, description="AdamW learning rate; None takes the method's recommended default."
     )
     weight_decay: float = Field(0.01, ge=0, lt=1)
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="LoRA+: LoRA's B matrices learn at learning_rate times this ratio (the paper suggests 16, "
+        "with a lower base rate); None: one learning rate for everything. Needs a method with LoRA.",
+    )
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None disables it.")

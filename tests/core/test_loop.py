@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import adaptune.api
 from adaptune import load_config, train
 from adaptune.data.batching import eval_batches, train_batches
+from adaptune.errors import ConfigError
 from adaptune.io import WEIGHTS_FILE
 from adaptune.tasks.base import EvalOutput
-from adaptune.training.schedule import lr_multiplier
+from adaptune.training.schedule import build_optimizer, build_scheduler, lr_multiplier
 
 
 def test_linear_and_cosine_schedules() -> None:
@@ -113,3 +115,44 @@ def test_bf16_autocast_keeps_fp32_weights(tiny_bert: Path, bundled_data: Path, t
         if "train_loss" in line
     ]
     assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_loraplus_groups_keep_their_ratio_under_the_schedule() -> None:
+    named = [
+        ("enc.q.lora.lora_a.weight", torch.nn.Parameter(torch.zeros(4, 8))),
+        ("enc.q.lora.lora_b.weight", torch.nn.Parameter(torch.zeros(8, 4))),
+        ("classifier.bias", torch.nn.Parameter(torch.zeros(3))),
+    ]
+    optimizer = build_optimizer(named, 1e-3, 0.01, loraplus_lr_ratio=16.0)
+    fast = [g for g in optimizer.param_groups if any(p is named[1][1] for p in g["params"])]
+    assert len(fast) == 1 and fast[0]["lr"] == pytest.approx(16e-3) and len(fast[0]["params"]) == 1
+    scheduler = build_scheduler(optimizer, warmup=2, total=10, kind="linear")
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    rates = sorted(g["lr"] for g in optimizer.param_groups)
+    assert rates[-1] == pytest.approx(16 * rates[0]) and rates[0] > 0
+    assert len(build_optimizer(named, 1e-3, 0.01).param_groups) == 2  # off: the usual two groups
+
+
+def test_loraplus_moves_lora_b_by_its_ratio(tiny_bert: Path, bundled_data: Path, tmp_path: Path) -> None:
+    """One AdamW step from B = 0 moves every B entry by about the learning rate (sign of the gradient): with
+    LoRA+ by the ratio times it."""
+    moved = {}
+    for ratio in (None, 16):
+        out = tmp_path / str(ratio)
+        extra = [] if ratio is None else [f"training.loraplus_lr_ratio={ratio}"]
+        settings = ["training.max_steps=1", "training.warmup_ratio=0", "training.scheduler=constant"]
+        lr = ["training.learning_rate=0.001", "training.weight_decay=0"]
+        run = train(_config(tiny_bert, bundled_data / "intents", out, "method.name=lora", *settings, *lr, *extra))
+        saved = load_file(run.adapter_dir / WEIGHTS_FILE)
+        moved[ratio] = max(float(t.abs().max()) for k, t in saved.items() if k.endswith("lora_b.weight"))
+    assert moved[None] == pytest.approx(0.001, rel=0.05)
+    assert moved[16] == pytest.approx(16 * moved[None], rel=0.05)
+
+
+def test_loraplus_needs_lora(tiny_bert: Path, bundled_data: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert, bundled_data / "intents", tmp_path, "method.name=bottleneck")
+    config.training.loraplus_lr_ratio = 16
+    with pytest.raises(ConfigError, match=r"training.loraplus_lr_ratio.*bottleneck"):
+        train(config)

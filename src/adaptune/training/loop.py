@@ -27,7 +27,7 @@ from adaptune.tasks.base import Encoded, EvalOutput
 from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
 from adaptune.training.fast import FastPath
 from adaptune.training.logging import MetricsLog, ProgressBar
-from adaptune.training.schedule import build_optimizer, build_scheduler
+from adaptune.training.schedule import LORA_B_SUFFIX, build_optimizer, build_scheduler
 
 Evaluator = Callable[[AdaptedModel], EvalOutput]
 
@@ -101,7 +101,12 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.steps_per_epoch)
         lr = self.cfg.learning_rate or model.method.default_learning_rate
         named = list(model.adapter_parameters().items()) + list(model.head.named_parameters())
-        self.optimizer = build_optimizer(named, lr, self.cfg.weight_decay)
+        if self.cfg.loraplus_lr_ratio is not None and not any(n.endswith(LORA_B_SUFFIX) for n, _p in named):
+            raise ConfigError(
+                f"config key 'training.loraplus_lr_ratio' = {self.cfg.loraplus_lr_ratio} needs LoRA B matrices to "
+                f"train, and method '{config.method.name}' has none: use method lora (or a stack with lora)"
+            )
+        self.optimizer = build_optimizer(named, lr, self.cfg.weight_decay, loraplus_lr_ratio=self.cfg.loraplus_lr_ratio)
         warmup = round(self.cfg.warmup_ratio * self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, warmup=warmup, total=self.total_steps, kind=self.cfg.scheduler)
         self.state = LoopState()

@@ -9,13 +9,25 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+#: The tensors LoRA+ gives the higher learning rate: LoRA's B matrices (``lora_b``), wherever a method keeps them.
+LORA_B_SUFFIX = "lora_b.weight"
 
-def build_optimizer(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and norm weights (1-d tensors), as is standard for transformers."""
-    decay, no_decay = [], []
-    for _name, param in named:
-        (no_decay if param.ndim < 2 else decay).append(param)
+
+def build_optimizer(
+    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, *, loraplus_lr_ratio: float | None = None
+) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm weights (1-d tensors), as is standard for transformers. With
+    ``loraplus_lr_ratio`` (LoRA+, Hayou et al. 2024) LoRA's B matrices learn at ``lr * loraplus_lr_ratio``; the
+    groups keep their ratio under the schedule, which scales every group's initial rate."""
+    decay, no_decay, fast = [], [], []
+    for name, param in named:
+        if loraplus_lr_ratio is not None and name.endswith(LORA_B_SUFFIX):
+            fast.append(param)
+        else:
+            (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if fast:
+        groups.append({"params": fast, "weight_decay": weight_decay, "lr": lr * float(loraplus_lr_ratio or 1.0)})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
