@@ -20,14 +20,17 @@ class Killed(Exception):
     """Stands in for a SIGKILL between two optimiser steps."""
 
 
-def _config(model: Path, data: Path, out: Path, *extra: str) -> RunConfig:
+BOTTLENECK = ("method.name=bottleneck", "method.reduction_factor=4", "method.dropout=0.1")
+#: LoRA+ adds a third optimiser group with its own learning rate, which the checkpoint must restore
+LORA_PLUS = ("method.name=lora", "method.dropout=0.1", "training.loraplus_lr_ratio=16")
+
+
+def _config(model: Path, data: Path, out: Path, *extra: str, method: tuple[str, ...] = BOTTLENECK) -> RunConfig:
     return load_config(
         None,
         [
             f"model.name_or_path={model}",
-            "method.name=bottleneck",
-            "method.reduction_factor=4",
-            "method.dropout=0.1",
+            *method,
             f"data.train={data / 'train.jsonl'}",
             f"data.dev={data / 'dev.jsonl'}",
             "data.max_train_examples=96",
@@ -54,17 +57,18 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "_optimizer_step", step_then_maybe_die)
 
 
+@pytest.mark.parametrize("method", [BOTTLENECK, LORA_PLUS], ids=["bottleneck", "lora_plus"])
 def test_resume_is_bitwise_exact(
-    tiny_bert: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: tuple[str, ...]
 ) -> None:
     data = bundled_data / "intents"
-    straight = train(_config(tiny_bert, data, tmp_path / "straight"))
+    straight = train(_config(tiny_bert, data, tmp_path / "straight", method=method))
     _kill_at(monkeypatch, 12)  # after the checkpoint of step 10, mid-epoch, with accumulation and dropout
     with pytest.raises(Killed):
-        train(_config(tiny_bert, data, tmp_path / "killed"))
+        train(_config(tiny_bert, data, tmp_path / "killed", method=method))
     monkeypatch.undo()
     assert json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())["step"] == 10
-    resumed = train(_config(tiny_bert, data, tmp_path / "killed"), resume=True)
+    resumed = train(_config(tiny_bert, data, tmp_path / "killed", method=method), resume=True)
     a, b = load_file(straight.adapter_dir / WEIGHTS_FILE), load_file(resumed.adapter_dir / WEIGHTS_FILE)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
