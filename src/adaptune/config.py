@@ -96,6 +96,13 @@ class TrainingConfig(StrictModel):
         "with a lower base rate); None: one learning rate for everything. Needs a method with LoRA.",
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    neftune_noise_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="NEFTune: uniform noise of scale alpha / sqrt(L * d) on the input embeddings while training "
+        "(5 is common for instruction tuning); None: off. Not with training.activation_cache or compile.",
+    )
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None disables it.")
     grad_accum_steps: int = Field(1, ge=1, le=4096)
@@ -181,6 +188,11 @@ class TrainingConfig(StrictModel):
                 "config key 'training.fast_dropout' = true cannot be combined with training.padding_free (which "
                 "sets its own attention implementation for packed batches) or training.compile (which generates "
                 "its own dropout kernels); choose one"
+            )
+        if self.neftune_noise_alpha is not None and (self.compile or self.activation_cache != "off"):
+            raise ConfigError(
+                "config key 'training.neftune_noise_alpha' cannot be combined with training.activation_cache (the "
+                "cache would keep one draw of the noise) or training.compile; choose one"
             )
         if self.compile and (self.frozen_prefix_no_grad or self.activation_cache != "off"):
             raise ConfigError(

@@ -27,6 +27,7 @@ from adaptune.tasks.base import Encoded, EvalOutput
 from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
 from adaptune.training.fast import FastPath
 from adaptune.training.logging import MetricsLog, ProgressBar
+from adaptune.training.neftune import noisy_embeddings
 from adaptune.training.schedule import LORA_B_SUFFIX, build_optimizer, build_scheduler
 
 Evaluator = Callable[[AdaptedModel], EvalOutput]
@@ -161,9 +162,11 @@ class Trainer:
         with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as bar:
             if resumed:
                 bar.message(f"resumed from step {self.state.step}")
+            embeddings = self.model.backbone.get_input_embeddings()
             try:
-                while self.state.step < self.total_steps and not self.state.stopped_early:
-                    self._epoch(log, bar)
+                with noisy_embeddings(self.model, embeddings, self.cfg.neftune_noise_alpha):
+                    while self.state.step < self.total_steps and not self.state.stopped_early:
+                        self._epoch(log, bar)
             finally:
                 self.fast.close()
         return FitResult(
