@@ -1,15 +1,18 @@
 """Text generation with an adapted decoder: greedy or sampled decoding over the model's KV cache.
 
 ``generate(model, prompts, config)`` decodes a batch (left-padded, one forward per new token with the key/value
-cache); ``stream(model, prompt, config)`` yields the text of one prompt as it grows. Both run the same loop:
+cache); ``generate_requests(model, [(prompts, config), ...])`` decodes several requests in that one batch, each
+with its own ``max_new_tokens`` and ``stop`` strings (the other settings shared: :func:`shared_settings`);
+``stream(model, prompt, config)`` yields the text of one prompt as it grows. All run the same loop:
 
 1. prefill: the prompts ``(B, T)`` go through the method's input hook (``Method.prepare_inputs``), so prompt
    tuning's virtual tokens ``(B, n + T, d)`` and prefix tuning's key/value prefixes (a cache of length ``n``)
    are in place, with position ids counted from the attention mask (left padding does not shift them);
 2. step: the last position's hidden state ``(B, d)`` -> the frozen LM head -> logits ``(B, V)`` (the repetition
    penalty on the tokens the row has had) -> next token ``(B,)`` (argmax, or a sample after temperature, top-k and
-   top-p); the token goes in alone ``(B, 1)`` with the cache, the mask grows by one column and each row's position
-   by one.
+   top-p); the token goes in alone ``(B, 1)`` with the cache, the mask grows by one column and each unfinished
+   row's position by one (a finished row is still fed, its tokens ignored, its position kept: a request of a
+   merged batch never runs past its own share of the position table).
 
 LoRA and the other weight methods act through their hooks, merged or not. A row finishes at an end-of-turn
 token (``finish_reason="stop"``, the token not shown), at a stop string (cut before it, ``"stop"``), or after
@@ -56,6 +59,10 @@ class GenerationConfig(BaseModel):
     )
     stop: list[str] = Field(default_factory=list, description="Strings that end the generation (not included).")
     seed: int | None = Field(None, description="Seed of the sampler; None uses torch's global generator.")
+
+
+#: One request of :func:`generate_requests`: its prompts and its decoding options.
+Request = tuple[Sequence[Prompt], GenerationConfig]
 
 
 @dataclass
@@ -146,7 +153,7 @@ def _budget(model: AdaptedModel, ids: list[list[int]], config: GenerationConfig)
     """New tokens per prompt: max_new_tokens, or fewer where the longest prompt leaves less of the position table
     (those rows end with finish_reason ``length``)."""
     limit = model.info.max_positions
-    return config.max_new_tokens if limit is None else min(config.max_new_tokens, limit - max(map(len, ids)))
+    return config.max_new_tokens if limit is None else min(config.max_new_tokens, limit - max(map(len, ids), default=0))
 
 
 def _template(model: AdaptedModel) -> str:
@@ -176,8 +183,19 @@ def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gener
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
 
 
-def _steps(model: AdaptedModel, rows: list[list[int]], config: GenerationConfig) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row ``(B,)``, forever (the caller stops); left padding, KV cache."""
+def shared_settings(config: GenerationConfig) -> tuple[Any, ...]:
+    """The decoding settings that requests of one batch must share (all but max_new_tokens and stop); greedy
+    decoding ignores the sampler's, so any two greedy requests with the same repetition penalty agree."""
+    if not config.do_sample:
+        return (False, config.repetition_penalty)
+    return (True, config.temperature, config.top_p, config.top_k, config.repetition_penalty, config.seed)
+
+
+def _steps(
+    model: AdaptedModel, rows: list[list[int]], config: GenerationConfig, states: Sequence[_Row]
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row ``(B,)``, forever (the caller stops); left padding, KV cache. A row whose
+    state has finished keeps its position (its tokens are ignored)."""
     lm_head = model.lm_head
     if lm_head is None:
         raise ConfigError(f"{model.info.name} has no LM head (a bare base model or an encoder): it cannot generate")
@@ -209,7 +227,8 @@ def _steps(model: AdaptedModel, rows: list[list[int]], config: GenerationConfig)
             seen[torch.arange(len(rows), device=device), token] = True
         yield token
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        position = position + 1
+        running = [state.finish is None for state in states]
+        position = position + (torch.tensor(running, device=device)[:, None] if not all(running) else 1)
         out = model.backbone(
             input_ids=token[:, None],
             attention_mask=mask,
@@ -231,7 +250,7 @@ def _run(model: AdaptedModel, rows: list[_Row], ids: list[list[int]], config: Ge
     model.eval()
     try:
         with torch.no_grad():
-            for tokens in _steps(model, ids, config):
+            for tokens in _steps(model, ids, config, rows):
                 for row, token in zip(rows, tokens.tolist(), strict=True):
                     row.add(int(token))
                 yield
@@ -241,21 +260,48 @@ def _run(model: AdaptedModel, rows: list[_Row], ids: list[list[int]], config: Ge
         model.train(was_training)
 
 
+def generate_requests(model: AdaptedModel, requests: Sequence[Request], *, chat: bool = True) -> list[list[Generation]]:
+    """Decode the prompts of several requests in one batch; one result list per request, in order.
+
+    Each request keeps its own ``max_new_tokens`` and ``stop`` strings, and gets exactly what :func:`generate`
+    gives it alone (its prompts cut and its budget set by its own config: :func:`_encode_prompts`,
+    :func:`_budget`); the other settings must be the same for all (:func:`shared_settings`, else
+    :class:`~adaptune.errors.ConfigError`). Sampled rows share one generator, so a seeded sampled request's
+    text depends on what it is batched with: run such requests alone.
+    """
+    if not requests:
+        return []
+    shared = shared_settings(requests[0][1])
+    if any(shared_settings(config) != shared for _, config in requests[1:]):
+        raise ConfigError(
+            "requests decoded together must share do_sample, temperature, top_p, top_k, repetition_penalty and seed"
+        )
+    ids: list[list[int]] = []
+    rows: list[_Row] = []
+    for prompts, config in requests:
+        own = _encode_prompts(model, prompts, config, chat)
+        ids += own
+        rows += _rows(model, config, own)
+    if rows:
+        for _ in _run(model, rows, ids, requests[0][1]):
+            pass
+    results = [
+        Generation(row.text, len(prompt), row.generated, row.finish or "length")
+        for row, prompt in zip(rows, ids, strict=True)
+    ]
+    out: list[list[Generation]] = []
+    start = 0
+    for prompts, _ in requests:
+        out.append(results[start : start + len(prompts)])
+        start += len(prompts)
+    return out
+
+
 def generate(
     model: AdaptedModel, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = True
 ) -> list[Generation]:
     """Generate for a batch of prompts (left-padded together); results in prompt order."""
-    config = config or GenerationConfig()
-    if not prompts:
-        return []
-    ids = _encode_prompts(model, prompts, config, chat)
-    rows = _rows(model, config, ids)
-    for _ in _run(model, rows, ids, config):
-        pass
-    return [
-        Generation(row.text, len(prompt), row.generated, row.finish or "length")
-        for row, prompt in zip(rows, ids, strict=True)
-    ]
+    return generate_requests(model, [(prompts, config or GenerationConfig())], chat=chat)[0]
 
 
 def stream(

@@ -1,5 +1,5 @@
-"""Generation: greedy equals a cache-free argmax loop, stop strings, max tokens, batching, streaming, merging,
-prefix and prompt tuning, sampling."""
+"""Generation: greedy equals a cache-free argmax loop, stop strings, max tokens, batching, requests decoded
+together, streaming, merging, prefix and prompt tuning, sampling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import torch
 from lm_tools import adapted, naive_greedy, randomise_adapter
 
 from adaptune.data.chat import Message, prompt_ids, stop_token_ids, template_for
-from adaptune.generation import GenerationConfig, _Row, generate, penalise_repeats, stream
+from adaptune.errors import ConfigError
+from adaptune.generation import (
+    GenerationConfig,
+    _Row,
+    generate,
+    generate_requests,
+    penalise_repeats,
+    shared_settings,
+    stream,
+)
 
 PROMPTS = ["hello there , how are you", "tell me about the weather today in the city", "one"]
 GREEDY = GenerationConfig(max_new_tokens=12)
@@ -196,3 +205,51 @@ def test_a_short_position_table_keeps_the_prompt_and_shortens_the_reply(tiny_lm:
     cut = generate(model, [long_text], GenerationConfig(max_new_tokens=256))[0]
     assert cut.prompt_tokens == limit // 2 and cut.completion_tokens <= limit - limit // 2
     assert generate(model, [long_text], GenerationConfig(max_new_tokens=10))[0].prompt_tokens == limit - 10
+
+
+@pytest.mark.parametrize(
+    "method",
+    [{"name": "lora", "r": 4}, {"name": "prefix", "num_virtual_tokens": 3, "prefix_hidden": 16}],
+    ids=["lora", "prefix"],
+)
+def test_requests_decoded_together_get_what_they_get_alone(tiny_lm: Path, method: dict) -> None:
+    """Each request keeps its own max_new_tokens and stop strings (and budget) in a shared batch."""
+    model = adapted(tiny_lm, method)
+    randomise_adapter(model)
+    full = generate(model, [PROMPTS[1]], GREEDY)[0]
+    words = full.text.split()
+    assert len(words) >= 3, full.text
+    requests = [
+        ([PROMPTS[0], PROMPTS[2]], GenerationConfig(max_new_tokens=3)),
+        ([PROMPTS[1]], GenerationConfig(max_new_tokens=12, stop=[words[2]])),  # ends early on its stop string
+        ([PROMPTS[2]], GenerationConfig(max_new_tokens=9, stop=["zzz"])),
+        ([], GenerationConfig(max_new_tokens=5)),
+        ([PROMPTS[1], PROMPTS[0]], GenerationConfig(max_new_tokens=300)),  # the position table's budget
+    ]
+    together = generate_requests(model, requests)
+    alone = [generate(model, prompts, config) for prompts, config in requests]
+    assert together == alone
+    assert [len(out) for out in together] == [2, 1, 1, 0, 2]
+    assert together[1][0].finish_reason == "stop" and together[1][0].text == full.text[: full.text.find(words[2])]
+    assert all(g.completion_tokens <= 3 for g in together[0])
+
+
+def test_requests_together_with_raw_text_and_sampling(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    requests = [(["the weather"], GenerationConfig(max_new_tokens=4)), (["one", "two"], GREEDY)]
+    assert generate_requests(model, requests, chat=False) == [generate(model, p, c, chat=False) for p, c in requests]
+    sample = GenerationConfig(max_new_tokens=6, do_sample=True, seed=4)
+    one = generate_requests(model, [(PROMPTS, sample)])
+    assert one == [generate(model, PROMPTS, sample)]
+    assert generate_requests(model, []) == []
+
+
+def test_requests_together_must_share_the_decoding_settings(tiny_lm: Path) -> None:
+    model = adapted(tiny_lm)
+    greedy = GenerationConfig(max_new_tokens=4)
+    assert shared_settings(greedy) == shared_settings(greedy.model_copy(update={"temperature": 0.5, "seed": 3}))
+    with pytest.raises(ConfigError, match="must share"):
+        generate_requests(model, [(["a"], greedy), (["b"], greedy.model_copy(update={"repetition_penalty": 1.2}))])
+    sampled = GenerationConfig(max_new_tokens=4, do_sample=True)
+    with pytest.raises(ConfigError, match="must share"):
+        generate_requests(model, [(["a"], sampled), (["b"], sampled.model_copy(update={"seed": 1}))])

@@ -1,5 +1,5 @@
-"""Fixtures of the server tests: four tiny adapters (plus a grouped one and a refused one) on a tiny BERT, and
-a real uvicorn server on a free loopback port in a background thread."""
+"""Fixtures of the server tests: four tiny adapters (plus a grouped one and a refused one) on a tiny BERT, two
+causal_lm adapters on a tiny Llama, and a real uvicorn server on a free loopback port in a background thread."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from adaptune.inference import Predictor
 from adaptune.server.app import create_app
 from adaptune.server.engine import MultiAdapterEngine
+from decoders.lm_tools import make_tiny_causal_llama
 from serving_kit import API_KEY, FOREIGN, GROUPED, INTENTS, SETTINGS, make_adapter, make_four, running_server
 
 
@@ -25,6 +26,18 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, othe
     make_adapter(folder / GROUPED, tiny_bert, {"name": "prompt", "num_virtual_tokens": 4}, "seq_cls", INTENTS, seed=7)
     make_adapter(folder / FOREIGN, other_tiny_bert, {"name": "lora", "r": 2}, "seq_cls", INTENTS, seed=8)
     return folder
+
+
+@pytest.fixture(scope="module")
+def llama_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny causal Llama and a folder with a LoRA and a prompt-tuning causal_lm adapter on it."""
+    root = tmp_path_factory.mktemp("gen")
+    base = make_tiny_causal_llama(root / "llama")
+    folder = root / "adapters"
+    make_adapter(folder / "chat-lora", base, {"name": "lora", "r": 4}, "causal_lm", [], seed=1, pooling="last")
+    prompt = {"name": "prompt", "num_virtual_tokens": 3}
+    make_adapter(folder / "chat-prompt", base, prompt, "causal_lm", [], seed=2, pooling="last")
+    return base, folder
 
 
 @pytest.fixture(scope="session")

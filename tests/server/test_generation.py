@@ -15,23 +15,10 @@ from adaptune.generation import GenerationConfig, generate
 from adaptune.inference import Predictor
 from adaptune.server.app import ServerSettings, create_app
 from adaptune.server.engine import MultiAdapterEngine
-from decoders.lm_tools import make_tiny_causal_llama
-from serving_kit import make_adapter, running_server
+from serving_kit import running_server
 
 KEY = "gen-key"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "where is my parcel?"}]
-
-
-@pytest.fixture(scope="module")
-def llama_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny causal Llama and a folder with a LoRA and a prompt-tuning causal_lm adapter on it."""
-    root = tmp_path_factory.mktemp("gen")
-    base = make_tiny_causal_llama(root / "llama")
-    folder = root / "adapters"
-    make_adapter(folder / "chat-lora", base, {"name": "lora", "r": 4}, "causal_lm", [], seed=1, pooling="last")
-    prompt = {"name": "prompt", "num_virtual_tokens": 3}
-    make_adapter(folder / "chat-prompt", base, prompt, "causal_lm", [], seed=2, pooling="last")
-    return base, folder
 
 
 @pytest.fixture(scope="module")

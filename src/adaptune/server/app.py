@@ -5,9 +5,11 @@ Routes: ``POST /v1/classify``, ``POST /v1/tag``, ``POST /v1/generate``; OpenAI-c
 adapter admin ``GET /v1/adapters`` and ``POST /v1/adapters/{name}/load|unload|reload``; ``GET /health``;
 ``GET /metrics`` (Prometheus text). Every error is ``{"error": {"type", "limit", "message"}}`` with a 4xx/5xx.
 
-Limits (:class:`ServerSettings`): inputs per request (``max_batch``, also the most rows of one forward pass),
-tokens per input (``max_input_tokens``), request body bytes (``max_body_bytes``, 413). With ``api_key`` set,
-everything except ``/health`` and ``/openapi.json`` needs ``Authorization: Bearer <key>`` (else 401).
+Limits (:class:`ServerSettings`): inputs per request (``max_batch``, also the most rows of one forward pass and
+the most prompts decoded together), tokens per input (``max_input_tokens``), request body bytes
+(``max_body_bytes``, 413); ``max_wait_ms`` is how long a micro-batch (classify/tag rows, or non-streaming
+generation requests) waits for more. With ``api_key`` set, everything except ``/health`` and ``/openapi.json``
+needs ``Authorization: Bearer <key>`` (else 401).
 """
 
 from __future__ import annotations
@@ -192,6 +194,14 @@ class Service:
         engine.observers.append(self.metrics.observe_batch)
         self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-tokenize")
         self.generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-generate")
+        # non-streaming generation requests arriving within max_wait_ms, decoded together on the generation thread
+        self.generations = MicroBatcher(
+            lambda jobs: engine.generate_jobs(jobs, settings.max_batch),
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            executor=self.generation_thread,
+        )
+        engine.generation_observers.append(self.metrics.observe_generation_batch)
         self.admin_lock = asyncio.Lock()
 
     def check_count(self, count: int) -> None:
@@ -235,7 +245,9 @@ def create_app(engine: MultiAdapterEngine, settings: ServerSettings | None = Non
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.batcher.start()
+        await service.generations.start()
         yield
+        await service.generations.stop()
         await service.batcher.stop()
         service.prep.shutdown(wait=False)
         service.generation_thread.shutdown(wait=False, cancel_futures=True)

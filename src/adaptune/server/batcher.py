@@ -33,10 +33,18 @@ class MicroBatcher:
     """Gather rows into batches of at most ``max_batch`` rows, waiting at most ``max_wait_ms`` for a batch to fill.
 
     ``run(rows) -> results`` answers a batch (one result per row; a result that is an exception is raised to
-    that row's request). Start with :meth:`start` inside the event loop, stop with :meth:`stop`.
+    that row's request). Start with :meth:`start` inside the event loop, stop with :meth:`stop`. ``executor``: the
+    single worker thread to run batches on (its owner shuts it down); by default the batcher's own.
     """
 
-    def __init__(self, run: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        run: Callable[[Sequence[Any]], Sequence[Any]],
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.run = run
@@ -44,7 +52,8 @@ class MicroBatcher:
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-model")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-model")
 
     @property
     def queued(self) -> int:
@@ -66,7 +75,8 @@ class MicroBatcher:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(ServeError(503, "shutting_down", "the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn(*args)`` on the model's worker thread, in turn with the batches."""

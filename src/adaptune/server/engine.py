@@ -15,6 +15,10 @@
 * rows of the other adapters (prefix, prompt, IA3, BitFit, stacks, DoRA) are grouped by adapter, one forward of
   the adapter's private model (which shares the base's tensors) per group.
 
+Generation (:meth:`MultiAdapterEngine.generate_jobs`) takes the requests that arrived together: each is checked
+alone, then those of one adapter with the same ``chat`` flag and decoding settings go through
+:func:`adaptune.generation.generate_requests` in one batch (seeded sampled requests alone).
+
 The engine is thread-safe: forward passes and adapter (un)loading hold one lock; tokenisation holds another
 (fast tokenizers must not be used by two threads at once). HTTP lives elsewhere (:mod:`adaptune.server.app`).
 """
@@ -34,7 +38,15 @@ from adaptune.backbone import fingerprint, load_backbone
 from adaptune.config import ModelConfig
 from adaptune.data.chat import Message, prompt_ids, template_for
 from adaptune.errors import DataError
-from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
+from adaptune.generation import (
+    Generation,
+    GenerationConfig,
+    Prompt,
+    generate,
+    generate_requests,
+    shared_settings,
+    stream,
+)
 from adaptune.model import BACKBONE_INPUTS
 from adaptune.padding_free import packed_forward, packing_of, worth_packing
 from adaptune.padding_free import supports as supports_padding_free
@@ -68,6 +80,25 @@ class Row:
 
 
 BatchObserver = Callable[[int, dict[str, int]], None]
+#: Called after each generation batch with (requests, prompts) decoded together.
+GenerationObserver = Callable[[int, int], None]
+
+
+@dataclass
+class GenerationJob:
+    """One non-streaming generation request: adapter name, prompts, decoding options, chat flag."""
+
+    name: str
+    prompts: Sequence[Prompt]
+    config: GenerationConfig
+    chat: bool
+
+    def merge_key(self) -> tuple[Any, ...] | None:
+        """What requests decoded together share, or None for one that must run alone: a seeded sampled request
+        (the sampler's draws would depend on the other rows)."""
+        if self.config.do_sample and self.config.seed is not None:
+            return None
+        return (self.name, self.chat, shared_settings(self.config))
 
 
 class MultiAdapterEngine:
@@ -110,6 +141,7 @@ class MultiAdapterEngine:
         self.entries: dict[str, Entry] = {}
         self.refused: dict[str, str] = {}
         self.observers: list[BatchObserver] = []
+        self.generation_observers: list[GenerationObserver] = []
         self._next_index = 1
         self._model_lock = threading.RLock()
         self._token_lock = threading.Lock()
@@ -321,6 +353,54 @@ class MultiAdapterEngine:
         entry = self._generation_entry(name, prompts, chat)
         assert entry.model is not None
         return generate(entry.model, prompts, config, chat=chat)
+
+    def generate_jobs(self, jobs: Sequence[GenerationJob], max_prompts: int) -> list[list[Generation] | Exception]:
+        """Answer requests that arrived together, in order: each is checked alone (a refused one gets its
+        :class:`ServeError`, the others go on), then those with the same :meth:`GenerationJob.merge_key` are
+        decoded together, at most ``max_prompts`` prompts per batch. Each gets what :meth:`generate` gives it
+        alone; a batch that fails is retried request by request, so one request cannot fail the others.
+
+        Runs on the generation thread (the adapters' tokenizers are used by that thread only)."""
+        results: list[Any] = [None] * len(jobs)
+        groups: dict[Any, list[tuple[int, Entry]]] = {}
+        for i, job in enumerate(jobs):
+            try:
+                entry = self._generation_entry(job.name, job.prompts, job.chat)
+            except ServeError as err:
+                results[i] = err
+                continue
+            key = job.merge_key()
+            groups.setdefault((id(entry), key) if key is not None else i, []).append((i, entry))
+        for members in groups.values():
+            batch: list[tuple[int, Entry]] = []
+            for member in [*members, None]:
+                size = sum(len(jobs[i].prompts) for i, _ in batch)
+                if batch and (member is None or size + len(jobs[member[0]].prompts) > max_prompts):
+                    self._generate_batch(jobs, batch, results)
+                    batch = []
+                if member is not None:
+                    batch.append(member)
+        return results
+
+    def _generate_batch(
+        self, jobs: Sequence[GenerationJob], batch: list[tuple[int, Entry]], results: list[Any]
+    ) -> None:
+        """Decode ``batch`` (job positions with their adapter) in one call; on failure, each job alone."""
+        entry, chat = batch[0][1], jobs[batch[0][0]].chat
+        assert entry.model is not None
+        try:
+            outs = generate_requests(entry.model, [(jobs[i].prompts, jobs[i].config) for i, _ in batch], chat=chat)
+        except Exception as err:
+            if len(batch) == 1:
+                results[batch[0][0]] = err
+                return
+            for member in batch:
+                self._generate_batch(jobs, [member], results)
+            return
+        for (i, _), out in zip(batch, outs, strict=True):
+            results[i] = out
+        for observe in self.generation_observers:
+            observe(len(batch), sum(len(jobs[i].prompts) for i, _ in batch))
 
     def stream(self, name: str, prompt: Prompt, config: GenerationConfig, *, chat: bool = True) -> Iterator[str]:
         """The text of one prompt in pieces (:func:`adaptune.generation.stream`), checked like :meth:`generate`."""

@@ -1,7 +1,8 @@
 """Serving metrics in the Prometheus text exposition format (version 0.0.4), thread-safe, no dependencies.
 
 Counters, gauges and histograms with labels, enough for ``GET /metrics``: requests and errors by status,
-request latency, micro-batch sizes, adapters per batch and loaded adapters. Names follow Prometheus conventions
+request latency, micro-batch sizes, adapters per batch, generation batches (requests and prompts decoded
+together) and loaded adapters. Names follow Prometheus conventions
 (``_total`` for counters, ``_seconds`` for durations; histograms expose ``_bucket{le=...}``, ``_sum``, ``_count``).
 """
 
@@ -133,6 +134,14 @@ class ServingMetrics:
         self.batch_adapters = Histogram(
             "adaptune_batch_adapters", "Distinct adapters among the rows of one forward pass.", BATCH_BUCKETS
         )
+        self.generation_batch_requests = Histogram(
+            "adaptune_generation_batch_requests",
+            "Non-streaming generation requests decoded together in one batch.",
+            BATCH_BUCKETS,
+        )
+        self.generation_batch_prompts = Histogram(
+            "adaptune_generation_batch_prompts", "Prompts decoded together in one generation batch.", BATCH_BUCKETS
+        )
         self.items = Counter("adaptune_items_total", "Inputs predicted or prompts generated, by adapter.")
         self.generated = Counter("adaptune_generated_tokens_total", "Tokens generated, by adapter.")
         self.loaded = Gauge("adaptune_adapters_loaded", "Adapters loaded and ready to serve.", loaded_adapters)
@@ -152,9 +161,15 @@ class ServingMetrics:
         for name, count in adapters.items():
             self.items.inc(count, adapter=name)
 
+    def observe_generation_batch(self, requests: int, prompts: int) -> None:
+        """One generation batch: ``requests`` requests with ``prompts`` prompts in all, decoded together."""
+        self.generation_batch_requests.observe(requests)
+        self.generation_batch_prompts.observe(prompts)
+
     def render(self) -> str:
         """The whole exposition, newline-terminated."""
         metrics: list[_Metric] = [self.requests, self.errors, self.latency, self.batch_size, self.batch_adapters]
+        metrics += [self.generation_batch_requests, self.generation_batch_prompts]
         metrics += [self.items, self.generated, self.loaded, self.queued]
         lines = [line for metric in metrics for line in metric.render()]
         return "\n".join(lines) + "\n"

@@ -1,9 +1,13 @@
 """OpenAI-compatible routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) and ``/v1/generate``.
 
-``model`` names the adapter. Generation requests are grouped per adapter, not batched per row: each request's
-prompts run together through :func:`adaptune.generation.generate` (or :func:`~adaptune.generation.stream` for
-SSE) on the adapter's own model, on a generation thread beside the classify/tag micro-batches. Streams advance
-one step per call on that thread, so concurrent streams take turns token by token.
+``model`` names the adapter. Non-streaming generation requests are micro-batched: those that arrive within
+``max_wait_ms`` of each other for one adapter, with the same ``chat`` flag and decoding settings, are decoded in
+one :func:`adaptune.generation.generate_requests` call (up to ``max_batch`` prompts), each with its own
+``max_tokens`` and ``stop``; seeded sampled requests run alone, so that their text never depends on other
+requests (:meth:`adaptune.server.engine.MultiAdapterEngine.generate_jobs`). Everything runs on the adapter's
+own model, on a generation thread beside the classify/tag micro-batches. Streams
+(:func:`~adaptune.generation.stream`) are not batched: they advance one step per call on that thread, so
+concurrent streams take turns token by token.
 
 OpenAI semantics kept: ``temperature: 0`` is greedy, any other temperature samples (OpenAI's default is 1);
 ``/v1/completions`` continues the raw prompt text, ``/v1/chat/completions`` renders the messages with the chat
@@ -25,6 +29,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from adaptune.generation import Generation, GenerationConfig, Prompt
+from adaptune.server.engine import GenerationJob
 from adaptune.server.errors import ServeError
 from adaptune.server.schemas import (
     ChatRequest,
@@ -67,13 +72,11 @@ class Generator:
     async def generate(
         self, name: str, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool
     ) -> list[Generation]:
+        """Queue one request for a generation batch; its results (or its error) when the batch has run."""
         self.service.check_count(len(prompts))
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(
-            self.thread, lambda: self.service.engine.generate(name, prompts, config, chat=chat)
-        )
+        (out,) = await self.service.generations.submit([GenerationJob(name, prompts, config, chat)])
         self._count(name, len(prompts), sum(g.completion_tokens for g in out))
-        return out
+        return list(out)
 
     async def open_stream(self, name: str, prompt: Prompt, config: GenerationConfig, chat: bool) -> Iterator[str]:
         """Check the request (errors are raised here, before the response starts) and return the text pieces."""
