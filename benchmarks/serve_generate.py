@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import httpx
 import torch
+from serve_load import free_port, launch
 
 from adaptune.backbone import fingerprint, load_backbone, resolve_model
 from adaptune.config import ModelConfig, validate_config
@@ -80,12 +80,6 @@ def make_adapter(folder: Path, base: str) -> None:
     save_adapter(folder / ADAPTER, model.trainable_state(), description)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(
     base: str, adapters: Path, port: int, max_batch: int, max_wait_ms: float, threads: int | None
 ) -> subprocess.Popen[bytes]:
@@ -93,20 +87,7 @@ def start_server(
     command = [sys.executable, "-m", "adaptune.cli", "serve", "--base", base, "--adapters", str(adapters)]
     command += ["--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
     command += ["--threads", str(threads)] if threads else []
-    log = open(Path(tempfile.gettempdir()) / "adaptune-serve-generate.log", "wb")  # noqa: SIM115 (lives with it)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"adaptune serve exited with {process.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("adaptune serve did not start within 300 s")
+    return launch(command, port, "adaptune-serve-generate.log")
 
 
 async def one_round(url: str, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:

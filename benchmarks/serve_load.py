@@ -96,7 +96,13 @@ def start_server(adapters: Path, port: int, args: argparse.Namespace) -> subproc
     command += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += [] if args.padding_free else ["--no-padding-free"]
-    log = open(Path(tempfile.gettempdir()) / "adaptune-serve-load.log", "wb")  # noqa: SIM115 (lives with the process)
+    return launch(command, port, "adaptune-serve-load.log")
+
+
+def launch(command: list[str], port: int, log_name: str) -> subprocess.Popen[bytes]:
+    """Run ``command`` (an ``adaptune serve``) with its output in ``log_name`` under the temp folder; returns once
+    ``/health`` answers on ``port``."""
+    log = open(Path(tempfile.gettempdir()) / log_name, "wb")  # noqa: SIM115 (lives with the process)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
