@@ -42,7 +42,6 @@ from adaptune.generation import (
     Generation,
     GenerationConfig,
     Prompt,
-    generate,
     generate_requests,
     shared_settings,
     stream,
@@ -344,21 +343,13 @@ class MultiAdapterEngine:
         for i, prediction in zip(positions, predictions, strict=True):
             results[i] = entry.task.to_output(rows[i].example, prediction, entry.labels)
 
-    # -- generation (grouped per adapter: one request's prompts in one batch on the adapter's model) ---------
-    def generate(
-        self, name: str, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool = True
-    ) -> list[Generation]:
-        """Generate for ``prompts`` with causal-LM adapter ``name`` (messages, or strings: ``chat`` as in
-        :func:`adaptune.generation.generate`); prompts over ``max_input_tokens`` are refused first."""
-        entry = self._generation_entry(name, prompts, chat)
-        assert entry.model is not None
-        return generate(entry.model, prompts, config, chat=chat)
-
+    # -- generation (requests that arrived together, batched per adapter on the adapter's model) -------------
     def generate_jobs(self, jobs: Sequence[GenerationJob], max_prompts: int) -> list[list[Generation] | Exception]:
         """Answer requests that arrived together, in order: each is checked alone (a refused one gets its
         :class:`ServeError`, the others go on), then those with the same :meth:`GenerationJob.merge_key` are
-        decoded together, at most ``max_prompts`` prompts per batch. Each gets what :meth:`generate` gives it
-        alone; a batch that fails is retried request by request, so one request cannot fail the others.
+        decoded together, at most ``max_prompts`` prompts per batch. Each gets what
+        :func:`adaptune.generation.generate` gives it alone; a batch that fails is retried request by request, so
+        one request cannot fail the others.
 
         Runs on the generation thread (the adapters' tokenizers are used by that thread only)."""
         results: list[Any] = [None] * len(jobs)
@@ -403,7 +394,7 @@ class MultiAdapterEngine:
             observe(len(batch), sum(len(jobs[i].prompts) for i, _ in batch))
 
     def stream(self, name: str, prompt: Prompt, config: GenerationConfig, *, chat: bool = True) -> Iterator[str]:
-        """The text of one prompt in pieces (:func:`adaptune.generation.stream`), checked like :meth:`generate`."""
+        """The text of one prompt in pieces (:func:`adaptune.generation.stream`), checked like :meth:`generate_jobs`."""
         entry = self._generation_entry(name, [prompt], chat)
         assert entry.model is not None
         return stream(entry.model, prompt, config, chat=chat)
