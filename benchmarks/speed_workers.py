@@ -12,6 +12,7 @@ with the shared mean-pooling head.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -184,12 +185,25 @@ def run_peft(plan: Plan, method: str, precision: str) -> Measured:
     model.train()
     head.train()
 
+    # peft 0.21.2 refuses prefix tuning when the model's forward has no parameter named past_key_values, as from
+    # transformers 5.24 (renamed to cache): then run what its forward would run, its prefixes (get_prompt) as
+    # the cache and the mask extended by n ones.
+    direct = kind == "prefix" and "past_key_values" not in inspect.signature(base.forward).parameters
+
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return head(hidden, batch["attention_mask"])  # type: ignore[no-any-return]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if direct:
+            front = mask.new_ones(mask.shape[0], config.num_virtual_tokens)
+            cache = model.get_prompt(batch_size=ids.shape[0])
+            hidden = model.base_model(input_ids=ids, attention_mask=torch.cat([front, mask], 1), past_key_values=cache)
+        else:
+            hidden = model(input_ids=ids, attention_mask=mask)
+        return head(hidden.last_hidden_state, mask)  # type: ignore[no-any-return]
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(head.named_parameters())
     out = train_peer(forward, params, plan, precision)
+    if direct:
+        out.notes.append("peft's prefix computation called directly (get_prompt as the cache): its forward refuses")
     with tempfile.TemporaryDirectory() as folder:
         if config is not None:
             model.save_pretrained(folder)

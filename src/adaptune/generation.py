@@ -24,6 +24,7 @@ prompt; a string is one user message (``chat=True``, the default) or raw text co
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -191,6 +192,18 @@ def shared_settings(config: GenerationConfig) -> tuple[Any, ...]:
     return (True, config.temperature, config.top_p, config.top_k, config.repetition_penalty, config.seed)
 
 
+def cache_argument(backbone: torch.nn.Module) -> str:
+    """The name under which ``backbone``'s forward takes a key/value cache: ``cache`` since transformers 5.24
+    (which still accepts ``past_key_values``, with a deprecation warning), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The key/value cache a forward pass returned (``out.cache``, or ``out.past_key_values`` before 5.24)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _steps(
     model: AdaptedModel, rows: list[list[int]], config: GenerationConfig, states: Sequence[_Row]
 ) -> Iterator[torch.Tensor]:
@@ -217,6 +230,7 @@ def _steps(
         for i, row in enumerate(rows):
             seen[i, torch.tensor(row, dtype=torch.long, device=device)] = True
     out = model.backbone(**inputs, use_cache=True)
+    cache_name = cache_argument(model.backbone)
     while True:
         hidden = out.last_hidden_state[:, -1]
         logits = lm_head(hidden.to(lm_head.weight.dtype))
@@ -233,8 +247,8 @@ def _steps(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_name: output_cache(out)},
         )
 
 

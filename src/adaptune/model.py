@@ -55,13 +55,14 @@ class AdaptedModel(nn.Module):
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
         prep = self.method.prepare_inputs(self.backbone, inputs)
         if "position_ids" in batch:  # packed rows: several examples per row, each numbered from 0
-            prep.inputs = packed_inputs(prep.inputs, batch["position_ids"], prep.n_virtual)
+            prep.inputs = packed_inputs(prep.inputs, batch["position_ids"], prep.n_virtual + prep.kv_prefix)
         elif self.info.is_decoder and "position_ids" not in prep.inputs and "attention_mask" in prep.inputs:
             # count positions from the mask, so that left padding does not shift a row (absolute positions: GPT-2)
             prep.inputs["position_ids"] = positions_from_mask(prep.inputs["attention_mask"])
         if (
             self.padding_free
             and not prep.n_virtual
+            and not prep.kv_prefix
             and set(prep.inputs) <= {*BACKBONE_INPUTS, "position_ids"}
             and "attention_mask" in prep.inputs
             and worth_packing(prep.inputs["attention_mask"])
@@ -118,13 +119,13 @@ class AdaptedModel(nn.Module):
             param.requires_grad_(True)
 
 
-def packed_inputs(inputs: dict[str, Any], position_ids: torch.Tensor, n_virtual: int) -> dict[str, Any]:
+def packed_inputs(inputs: dict[str, Any], position_ids: torch.Tensor, n_in_front: int) -> dict[str, Any]:
     """Backbone inputs for packed rows ``(B, T)``: per-example ``position_ids`` (restarting at 0 where an example
     starts) and no 2-D attention mask, which makes transformers build a block-diagonal causal mask
     (``find_packed_sequence_indices``), so no token attends to another example; padding at a row's end is its
-    own block. Methods that put virtual tokens or a key/value prefix in front cannot share a row between
-    examples: they are refused."""
-    if n_virtual or inputs.get("past_key_values") is not None:
+    own block. Methods that put virtual tokens or key/value prefixes in front (``n_in_front`` > 0) cannot share a
+    row between examples: they are refused."""
+    if n_in_front:
         raise ConfigError(
             "task.pack packs several examples into one row, and this method puts virtual tokens or key/value "
             "prefixes in front of the row; set task.pack=false for prompt or prefix tuning"

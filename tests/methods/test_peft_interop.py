@@ -69,9 +69,23 @@ def ids_of(predictor: Predictor, text: str) -> dict[str, torch.Tensor]:
     return inputs
 
 
+def peft_forward(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
+    """peft's forward pass. For prefix tuning, what it computes: its prefixes (``get_prompt``) handed to the task
+    model as the key/value cache, the attention mask extended by ``n`` ones; peft 0.21.2 itself refuses this
+    with transformers 5.24 ("Model does not support past key values"), because it looks for a
+    ``past_key_values`` parameter in the forward's signature, which 5.24 renamed to ``cache``."""
+    config = model.active_peft_config
+    if config.peft_type != peft.PeftType.PREFIX_TUNING:
+        return model(**inputs)
+    mask = inputs["attention_mask"]
+    front = torch.ones(mask.shape[0], config.num_virtual_tokens, dtype=mask.dtype)
+    extended = {**inputs, "attention_mask": torch.cat([front, mask], dim=1)}
+    return model.base_model(**extended, past_key_values=model.get_prompt(batch_size=mask.shape[0]))
+
+
 def peft_logits(model: nn.Module, inputs: dict[str, torch.Tensor], n_virtual: int = 0) -> torch.Tensor:
     with torch.no_grad():
-        logits = model(**inputs).logits[0]
+        logits = peft_forward(model, inputs).logits[0]
     return logits[n_virtual:] if logits.dim() == 2 else logits  # type: ignore[no-any-return]
 
 

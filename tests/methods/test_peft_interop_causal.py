@@ -137,28 +137,30 @@ def assert_same_logits(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Ten
     torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-5, rtol=0)
 
 
-def peft_greedy(model: nn.Module, prompts: list[list[int]], pad: int, eos: list[int]) -> tuple[list[list[int]], Any]:
-    """peft's greedy generation for left-padded prompts: per row the new tokens up to and including a stop token,
-    and the logits of every step ``(B, V)``."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=STEPS,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    rows = []
-    for row in out.sequences[:, width:].tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        rows.append(row[:end])
-    return rows, out.logits
+def peft_greedy(model: nn.Module, prompts: list[list[int]], eos: list[int]) -> tuple[list[list[int]], Any]:
+    """peft's greedy continuation of each prompt, one forward pass of peft's model per step over the whole
+    sequence so far (no cache): per row the new tokens up to and including a stop token, and the logits ``(V,)``
+    of every step as ``logits[step][row]``.
+
+    peft's ``generate`` is not the reference: with transformers 5.24, peft 0.21.2's ``generate`` for prompt and
+    prefix tuning picks other tokens than its own forward pass does (it hands the virtual tokens' cache over
+    under the old ``past_key_values`` name)."""
+    rows: list[list[int]] = []
+    per_row: list[list[torch.Tensor]] = []
+    for prompt in prompts:
+        new: list[int] = []
+        per_row.append([])
+        for _ in range(STEPS):
+            ids = torch.tensor([prompt + new])
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            per_row[-1].append(logits)
+            new.append(int(logits.argmax()))
+            if new[-1] in eos:
+                break
+        rows.append(new)
+    steps = [[r[step] if step < len(r) else None for r in per_row] for step in range(STEPS)]
+    return rows, steps
 
 
 def chat_prompt(tokenizer: Any, template: str, text: str) -> list[int]:
@@ -176,7 +178,7 @@ def assert_same_generation(
     adaptune's generation, and each step's logits are our model's on the sequence so far."""
     tokenizer = ours.info.tokenizer
     prompts = [chat_prompt(tokenizer, template, text) for text in texts]
-    tokens, step_logits = peft_greedy(theirs, prompts, tokenizer.pad_token_id, eos)
+    tokens, step_logits = peft_greedy(theirs, prompts, eos)
     generated = generate(ours, texts, GenerationConfig(max_new_tokens=STEPS))
     for row, (prompt, new, gen) in enumerate(zip(prompts, tokens, generated, strict=True)):
         assert gen.prompt_tokens == len(prompt) and gen.completion_tokens == len(new)

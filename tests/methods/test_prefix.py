@@ -1,9 +1,11 @@
-"""Prefix tuning on tiny BERT and left-padding tiny Llama and GPT-2: the cache it hands the model, positions that
-do not move, padding, parameter counts (and peft's), and training through ``adaptune.train``."""
+"""Prefix tuning on tiny BERT, DistilBERT and left-padding tiny Llama and GPT-2: the keys and masks every attention
+layer gets, positions that do not move, SDPA against eager, padding, parameter counts (and peft's), and training
+through ``adaptune.train``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,29 +58,66 @@ def _hidden(bb, inputs: dict) -> torch.Tensor:  # type: ignore[no-untyped-def,ty
         return bb.model(**inputs).last_hidden_state  # type: ignore[no-any-return]
 
 
-def test_cache_holds_every_layer_prefix(llama_left: Path) -> None:
+def _spy_sdpa(monkeypatch: pytest.MonkeyPatch, change: Any = None) -> list[tuple[int, torch.Tensor, Any]]:
+    """Record (layer, keys, mask) of every SDPA call the prefix wrapper makes; ``change(mask, n)`` may replace
+    the mask first."""
+    from transformers import AttentionInterface
+
+    real = AttentionInterface._global_mapping["sdpa"]
+    calls: list[tuple[int, torch.Tensor, Any]] = []
+
+    def spy(module, query, key, value, mask, **kwargs):  # type: ignore[no-untyped-def]
+        if change is not None:
+            mask = change(mask, key.shape[-2] - query.shape[-2])
+        calls.append((int(module.layer_idx), key, mask))
+        return real(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", spy)
+    return calls
+
+
+def test_every_attention_layer_gets_its_prefix(llama_left: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bb = backbone(llama_left)  # 2 layers, 1 key/value head of width 16 (grouped-query attention)
+    assert bb.model.config._attn_implementation == "sdpa"
     method = _prefix(bb, num_virtual_tokens=5)
+    assert bb.model.config._attn_implementation == "adaptune_prefix:sdpa"
     batch = padded_batch(bb, ["a longer text than the other one", "hi"])
     prep = method.prepare_inputs(bb.model, dict(batch))
-    assert prep.n_virtual == 0 and torch.equal(prep.inputs["input_ids"], batch["input_ids"])
-    cache = prep.inputs["past_key_values"]
-    states = method.prefix_states().detach().view(5, 2, 2, 1, 16)  # (n, L, 2, H_kv, d_head), peft's layout
-    for layer in range(2):
-        keys, values = cache.layers[layer].keys, cache.layers[layer].values
-        assert keys.shape == values.shape == (2, 1, 5, 16)
-        assert torch.equal(keys[1], states[:, layer, 0].transpose(0, 1))
-        assert torch.equal(values[0], states[:, layer, 1].transpose(0, 1))
-    mask = prep.inputs["attention_mask"]
-    assert torch.equal(mask, torch.cat([torch.ones(2, 5, dtype=torch.long), batch["attention_mask"]], 1))
+    assert prep.n_virtual == 0 and prep.kv_prefix == 5
+    assert set(prep.inputs) == {*batch, "position_ids"}  # no cache handed to the model
+    assert torch.equal(prep.inputs["input_ids"], batch["input_ids"])
+    assert torch.equal(prep.inputs["attention_mask"], batch["attention_mask"])
     positions = prep.inputs["position_ids"]  # decoders continue after the prefix, counted from the mask
     for row in range(2):
         real = batch["attention_mask"][row].bool()
         assert positions[row][real].tolist() == list(range(5, 5 + int(real.sum())))
+    calls = _spy_sdpa(monkeypatch)
+    _hidden(bb, prep.inputs)
+    states = method.prefix_states().detach().view(5, 2, 2, 1, 16)  # (n, L, 2, H_kv, d_head), peft's layout
+    width = batch["input_ids"].shape[1]
+    assert [layer for layer, _, _ in calls] == [0, 1]
+    for layer, keys, mask in calls:
+        assert keys.shape == (2, 1, 5 + width, 16)
+        for row in range(2):
+            assert torch.equal(keys[row, :, :5], states[:, layer, 0].transpose(0, 1))
+        assert mask.dtype == torch.bool and mask.shape[-1] == 5 + width
+        assert bool(mask[..., :5].all()), "every query sees the whole prefix, padding rows included"
+        last_query = mask[..., 5:].expand(2, 1, width, width)[1, 0, -1]  # the padded row's text: its own keys
+        assert torch.equal(last_query, batch["attention_mask"][1].bool())
+
+
+def _blind(mask: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The mask with the prefix columns masked out (nobody attends to the prefix)."""
+    assert mask is not None and mask.dtype == torch.bool
+    mask = mask.clone()
+    mask[..., :n] = False
+    return mask
 
 
 @pytest.mark.parametrize(("model_name", "atol"), [("tiny_bert", 1e-6), ("llama_left", 1e-5)])
-def test_masked_prefix_gives_the_base_output(model_name: str, atol: float, request: pytest.FixtureRequest) -> None:
+def test_masked_prefix_gives_the_base_output(
+    model_name: str, atol: float, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the prefix attended to by nobody, the output is the base model's: positions are not shifted.
 
     Both match to rounding (the attention is over n + T keys instead of T). A shift would move BERT to other
@@ -90,25 +129,45 @@ def test_masked_prefix_gives_the_base_output(model_name: str, atol: float, reque
     real = batch["attention_mask"].bool()
     prep = method.prepare_inputs(bb.model, dict(batch))
     assert not torch.allclose(_hidden(bb, prep.inputs)[real], base[real], atol=1e-3), "the prefix acts"
-    prep = method.prepare_inputs(bb.model, dict(batch))
-    prep.inputs["attention_mask"][:, :6] = 0
-    torch.testing.assert_close(_hidden(bb, prep.inputs)[real], base[real], atol=atol, rtol=0)
+    with monkeypatch.context() as patch:
+        calls = _spy_sdpa(patch, _blind)
+        torch.testing.assert_close(_hidden(bb, prep.inputs)[real], base[real], atol=atol, rtol=0)
+        assert len(calls) == 2
     method.detach(bb.model)
+    assert bb.model.config._attn_implementation == "sdpa"
     assert torch.equal(_hidden(bb, batch), base) and not hasattr(bb.model, "prefix")
 
 
-def test_without_the_position_hook_bert_would_shift(tiny_bert: Path) -> None:
-    """The check above can fail: transformers numbers BERT's positions after the cache unless we stop it."""
+def test_bert_positions_start_at_zero(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: numbered after the prefix (as peft's cache does), BERT gives other outputs."""
     bb = backbone(tiny_bert)
     batch = _plain_batch(bb, ["hello there", "hi"])
     base = _hidden(bb, batch)
     method = _prefix(bb, num_virtual_tokens=6)
-    assert len(method._position_hooks) == 1
-    for handle in method._position_hooks:
-        handle.remove()
-    prep = method.prepare_inputs(bb.model, dict(batch))
-    prep.inputs["attention_mask"][:, :6] = 0
-    assert not torch.allclose(_hidden(bb, prep.inputs), base, atol=1e-3)
+    shifted = {**batch, "position_ids": torch.arange(6, 6 + batch["input_ids"].shape[1])[None]}
+    _spy_sdpa(monkeypatch, _blind)
+    assert torch.allclose(_hidden(bb, method.prepare_inputs(bb.model, dict(batch)).inputs), base, atol=1e-5)
+    assert not torch.allclose(_hidden(bb, method.prepare_inputs(bb.model, shifted).inputs), base, atol=1e-3)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "llama_left", "gpt2_left"])
+@pytest.mark.parametrize("texts", [MIXED, ["one text alone, with no padding at all"]])
+def test_eager_attention_gives_what_sdpa_gives(model_name: str, texts: list[str], request) -> None:  # type: ignore[no-untyped-def]
+    """The eager path (additive float masks) and SDPA (boolean masks, or none without padding, where causal
+    models need the explicit triangle that sees the prefix) agree."""
+    bb = backbone(request.getfixturevalue(model_name))
+    method = _prefix(bb, num_virtual_tokens=3, prefix_hidden=8)
+    inputs = method.prepare_inputs(bb.model, _plain_batch(bb, texts)).inputs
+    sdpa = _hidden(bb, inputs)
+    assert method._encoder is not None
+    trained = {k: v.clone() for k, v in method._encoder.state_dict().items()}
+    method.detach(bb.model)
+    bb.model.config._attn_implementation = "eager"
+    eager = _prefix(bb, num_virtual_tokens=3, prefix_hidden=8)
+    assert bb.model.config._attn_implementation == "adaptune_prefix:eager" and eager._encoder is not None
+    eager._encoder.load_state_dict(trained)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(_hidden(bb, inputs)[real], sdpa[real], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("model_name", ["tiny_bert", "llama_left", "gpt2_left"])
@@ -147,8 +206,8 @@ def test_parameter_count_is_the_formula(model_name: str, d_kv: int, hidden: int 
 @pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed (test extra)")
 @pytest.mark.parametrize("model_name", ["tiny_bert", "llama_left"])
 def test_outputs_against_peft(model_name: str, request: pytest.FixtureRequest) -> None:
-    """Same tensors, same outputs as peft for Llama; for BERT only once our position hook is removed, because
-    peft lets BERT number positions after the prefix."""
+    """Same tensors, same outputs as peft for Llama; for BERT only when given the positions peft's cache gives it
+    (after the prefix), since adaptune numbers BERT's text from 0."""
     from peft import PrefixTuningConfig
 
     path = request.getfixturevalue(model_name)
@@ -166,17 +225,33 @@ def test_outputs_against_peft(model_name: str, request: pytest.FixtureRequest) -
     ours = _hidden(bb, method.prepare_inputs(bb.model, dict(batch)).inputs)
     if model_name == "tiny_bert":
         assert not torch.allclose(ours, theirs, atol=1e-3)
-        for handle in method._position_hooks:
-            handle.remove()
-        ours = _hidden(bb, method.prepare_inputs(bb.model, dict(batch)).inputs)
+        shifted = {**batch, "position_ids": torch.arange(4, 4 + batch["input_ids"].shape[1])[None]}
+        ours = _hidden(bb, method.prepare_inputs(bb.model, shifted).inputs)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-def test_models_without_a_cache_are_refused() -> None:
-    model = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    method = build_method(validate_config({"method": {"name": "prefix"}}).method)
-    with pytest.raises(ConfigError, match="takes no such argument; use method.name=prompt or lora"):
-        method.attach(model, AttachContext("distilbert", None, 16, 1))
+def test_distilbert_takes_a_prefix_and_gives_it_back() -> None:
+    """A model whose layers know no index and whose forward takes no cache: the layers are found by the probe."""
+    model = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32)).eval()
+    ids = torch.tensor([[1, 5, 7, 2]])
+    with torch.no_grad():
+        base = model(input_ids=ids).last_hidden_state
+    method = build_method(validate_config({"method": {"name": "prefix", "num_virtual_tokens": 3}}).method)
+    method.attach(model, AttachContext("distilbert", None, 16, 2))
+    assert isinstance(method, PrefixTuning) and len(method._layers) == 2
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).last_hidden_state, base, atol=1e-3)
+    method.detach(model)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, base)
+
+
+def test_attention_without_per_layer_masks_is_refused(tiny_bert: Path) -> None:
+    bb = backbone(tiny_bert)
+    bb.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ConfigError, match="attn_implementation='flash_attention_2' uses another format"):
+        attach_full(bb, name="prefix")
+    assert bb.model.config._attn_implementation == "flash_attention_2" and not hasattr(bb.model, "prefix")
 
 
 def test_lr_default_follows_the_parameterisation() -> None:

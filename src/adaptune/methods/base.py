@@ -56,13 +56,16 @@ class InputPrep:
     """Backbone inputs after a method's input hook, and how many virtual positions it prepended.
 
     ``inputs`` are keyword arguments of the backbone's forward: the batch's ``input_ids`` (or ``inputs_embeds``
-    ``(B, n_virtual + T, d)``), an ``attention_mask`` that may be longer than ``T`` (virtual tokens or a key/value
-    prefix in front), and optionally ``token_type_ids``, ``position_ids`` and ``past_key_values``. The model drops
-    the first ``n_virtual`` hidden states, so the task head always sees ``(B, T, d)`` aligned with the batch.
+    ``(B, n_virtual + T, d)``), an ``attention_mask`` that may be longer than ``T`` (virtual tokens in front),
+    and optionally ``token_type_ids`` and ``position_ids``. The model drops the first ``n_virtual`` hidden
+    states, so the task head always sees ``(B, T, d)`` aligned with the batch. ``kv_prefix``: how many key/value
+    pairs every attention layer sees in front of the row's own (prefix tuning), so that no two examples may
+    share a row and the padding-free pass does not apply.
     """
 
     inputs: dict[str, Any]
     n_virtual: int = 0
+    kv_prefix: int = 0
 
 
 class Method(ABC):

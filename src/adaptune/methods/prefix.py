@@ -23,35 +23,37 @@ peft's ``prompt_embeddings`` as :meth:`PrefixTuning.prefix_states`. The adapter 
 (MLP included): save then load recomputes exactly the same ``P`` and training can continue; peft instead stores
 the computed ``P`` after training.
 
-Injection. :meth:`PrefixTuning.prepare_inputs` hands the model a fresh ``DynamicCache`` holding the prefixes as
-``past_key_values`` and extends the attention mask by ``n`` ones at the front, the one input hook shared with
-prompt tuning; the model's own attention code does the rest. A model whose forward takes no ``past_key_values``
-(DistilBERT, for example) is refused at attach time.
+Injection. The prefixes go in at the attention interface (:mod:`adaptune.prefix_attention`): every attention
+layer's keys and values get layer ``l``'s prefix in front and its mask ``n`` attended columns, whatever
+attention implementation the model uses (SDPA, eager). Nothing is passed to the model's forward: it needs no
+``past_key_values`` argument (transformers 5.24 renamed it to ``cache``, and BERT-family encoders take none), and
+a generation cache holds only the text's keys, the prefix joining them at every step. :meth:`PrefixTuning.attach`
+finds the attention layers by one forward pass of two tokens; a forward pre-hook on the model computes ``P``
+once per forward pass (kept while the parameters are unchanged when no gradient is recorded, so generation
+computes it once).
 
-Positions. A cache of length ``n`` makes transformers number the input from ``n``. Encoders (BERT, RoBERTa,
-ELECTRA ...) were trained with [CLS] at position 0 and the prefix is not text, so their positions stay ``0..T-1``:
-a forward pre-hook on the module that takes ``past_key_values_length`` (the embeddings) subtracts ``n``. (peft
-lets such encoders shift to ``n..n+T-1``; an exported BERT prefix adapter therefore gives other logits in peft.)
-Causal decoders continue after the prefix, ``n..n+T-1`` as in the paper's GPT-2 code, peft and transformers'
-generation with a prefilled cache, so a cache built here can be extended token by token; the position ids are
-counted from the attention mask, so left padding does not shift them (see :mod:`adaptune.methods.virtual`).
+Positions. Encoders (BERT, RoBERTa, ELECTRA ...) were trained with [CLS] at position 0 and the prefix is not
+text, so their positions stay ``0..T-1`` (peft instead lets such encoders shift to ``n..n+T-1`` through the
+cache length; an exported BERT prefix adapter therefore gives other logits in peft). Causal decoders continue
+after the prefix, ``n..n+T-1`` as in the paper's GPT-2 code, peft and transformers' generation with a prefilled
+cache; the position ids are counted from the attention mask, so left padding does not shift them (see
+:mod:`adaptune.methods.virtual`).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from transformers import DynamicCache
 
+from adaptune import prefix_attention
 from adaptune.config import MethodConfig
 from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, InputPrep, Method
-from adaptune.methods.virtual import check_positions, compute_dtype, position_limit, positions_from_mask
+from adaptune.methods.virtual import check_positions, position_limit, positions_from_mask
 from adaptune.registry import register_method
 
 #: Name of the prefix module on the backbone; its tensors are saved as ``adapter.prefix.<name>``.
@@ -111,25 +113,6 @@ def attention_shape(config: Any) -> tuple[int, int, int]:
     return layers, int(kv_heads), int(head_dim)
 
 
-def _parameters(fn: Any) -> list[str]:
-    """Names of ``fn``'s parameters ([] when Python cannot tell, as for some builtins)."""
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
-def _check_forward(model: nn.Module, is_decoder: bool) -> None:
-    params = _parameters(model.forward)
-    needed = ["past_key_values", "position_ids"] if is_decoder else ["past_key_values"]
-    missing = [name for name in needed if name not in params]
-    if missing:
-        raise ConfigError(
-            f"prefix tuning passes {' and '.join(missing)} to the model, and {type(model).__name__}.forward "
-            "takes no such argument; use method.name=prompt or lora for this model"
-        )
-
-
 @register_method("prefix", PrefixConfig)
 class PrefixTuning(Method):
     """Prefix tuning: trainable keys and values in front of every attention layer (Li & Liang 2021)."""
@@ -147,40 +130,71 @@ class PrefixTuning(Method):
         self._encoder: PrefixEncoder | None = None
         self._is_decoder = False
         self._limit: int | None = None
-        self._position_hooks: list[RemovableHandle] = []
+        self._layers: list[nn.Module] = []
+        self._inner_attention = ""
+        self._hook: RemovableHandle | None = None
+        #: ``P`` of the running forward pass ``(n, L, 2, H_kv, d_head)``, and what it was computed from.
+        self._states: torch.Tensor | None = None
+        self._states_key: tuple[Any, ...] | None = None
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> None:
-        """Add a :class:`PrefixEncoder` as ``model.prefix``; encoders get a hook that keeps positions at 0..T-1."""
+        """Add a :class:`PrefixEncoder` as ``model.prefix`` and route every attention layer through
+        :mod:`adaptune.prefix_attention`; a :class:`ConfigError` when the model's attention cannot be reached."""
         cfg = self.config
-        _check_forward(model, ctx.is_decoder)
         layers, kv_heads, head_dim = attention_shape(model.config)
+        inner = prefix_attention.install(model)
+        try:
+            found = prefix_attention.attention_layers(model)
+            if len(found) != layers:
+                raise ConfigError(
+                    f"prefix tuning found {len(found)} attention layers calling transformers' attention interface "
+                    f"in {type(model).__name__}, and its config says num_hidden_layers={layers}"
+                )
+        except ConfigError:
+            prefix_attention.uninstall(model, inner)
+            raise
         hidden = cfg.prefix_hidden if cfg.reparameterize else None
         encoder = PrefixEncoder(cfg.num_virtual_tokens, layers, kv_heads, head_dim, hidden)
         device = next(model.parameters()).device
         self.add_input_module(model, PREFIX_ATTR, encoder.to(device))
         self._encoder, self._is_decoder, self._limit = encoder, ctx.is_decoder, position_limit(model)
-        if not ctx.is_decoder:
-            self._keep_encoder_positions(model, cfg.num_virtual_tokens)
-
-    def _keep_encoder_positions(self, model: nn.Module, n: int) -> None:
-        """Subtract the prefix length from ``past_key_values_length`` wherever a module takes it (BERT-family
-        embeddings), so that the prefix occupies no positions."""
-
-        def pre_hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-            if isinstance(kwargs.get("past_key_values_length"), int):
-                kwargs["past_key_values_length"] = max(0, kwargs["past_key_values_length"] - n)
-            return args, kwargs
-
-        for module in model.modules():
-            if "past_key_values_length" in _parameters(module.forward):
-                self._position_hooks.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        self._layers, self._inner_attention = found, inner
+        prefix_attention.add_prefixes(found, self.layer_prefix)
+        self._hook = model.register_forward_pre_hook(self._refresh)
 
     def detach(self, model: nn.Module) -> None:
-        for handle in self._position_hooks:
-            handle.remove()
-        self._position_hooks.clear()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        prefix_attention.remove_prefixes(self._layers)
+        if self._inner_attention:
+            prefix_attention.uninstall(model, self._inner_attention)
+        self._layers, self._states, self._states_key = [], None, None
         super().detach(model)
         self._encoder = None
+
+    def _refresh(self, *_: Any) -> None:
+        """Compute ``P`` for the forward pass about to run. A pass that records gradients gets a fresh ``P`` (its
+        own graph); otherwise the last one is kept while the parameters, autocast and grad mode are unchanged,
+        so token-by-token generation runs the MLP once."""
+        encoder = self._encoder
+        if encoder is None:
+            raise RuntimeError("prefix tuning is not attached to a model")
+        grad = torch.is_grad_enabled()
+        device = encoder.embedding.weight.device
+        autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
+        key = (grad, autocast, *((id(p), p._version) for p in encoder.parameters()))
+        if grad or key != self._states_key or self._states is None:
+            self._states = encoder()
+            self._states_key = None if grad else key
+
+    def layer_prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s prefix keys and values, each ``(H_kv, n, d_head)``."""
+        if self._states is None:
+            self._refresh()
+        assert self._states is not None
+        states = self._states[:, layer].permute(1, 2, 0, 3)  # (2, H_kv, n, d_head)
+        return states[0], states[1]
 
     def prefix_states(self) -> torch.Tensor:
         """The prefixes in peft's flat layout, ``(n, L * 2 * d_kv)`` (peft's ``prompt_embeddings``)."""
@@ -188,31 +202,18 @@ class PrefixTuning(Method):
             raise RuntimeError("prefix tuning is not attached to a model")
         return self._encoder().reshape(self.config.num_virtual_tokens, -1)
 
-    def prefix_cache(self, model: nn.Module, batch_size: int, device: torch.device) -> DynamicCache:
-        """A fresh cache holding every layer's prefix keys and values, each ``(B, H_kv, n, d_head)``."""
-        if self._encoder is None:
-            raise RuntimeError("prefix tuning is not attached to a model")
-        states = self._encoder()
-        states = states.to(compute_dtype(device, states.dtype)).permute(1, 2, 3, 0, 4)  # (L, 2, H_kv, n, d_head)
-        per_layer = [
-            (layer[0].unsqueeze(0).expand(batch_size, -1, -1, -1), layer[1].unsqueeze(0).expand(batch_size, -1, -1, -1))
-            for layer in states
-        ]
-        return DynamicCache(per_layer, config=model.config)
-
     def prepare_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> InputPrep:
-        """Add ``past_key_values`` (the prefixes) and ``n`` ones in front of the attention mask ``(B, T)``;
-        decoders also get position ids ``n + (cumsum(mask) - 1)``. Hidden states keep ``T`` positions."""
+        """The inputs unchanged (the prefixes join at the attention layers), with ``kv_prefix`` = ``n``;
+        decoders also get position ids ``n + (cumsum(mask) - 1)`` ``(B, T)``. Hidden states keep ``T``
+        positions."""
         n = self.config.num_virtual_tokens
         out: dict[str, Any] = dict(inputs)
-        reference = out["input_ids"] if "input_ids" in out else out["inputs_embeds"]
-        batch, length = reference.shape[:2]
-        mask = out.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(batch, length, dtype=torch.long, device=reference.device)
-        out["past_key_values"] = self.prefix_cache(model, batch, reference.device)
-        out["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
         if self._is_decoder:
+            reference = out["input_ids"] if "input_ids" in out else out["inputs_embeds"]
+            batch, length = reference.shape[:2]
+            mask = out.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(batch, length, dtype=torch.long, device=reference.device)
             check_positions(self._limit, length, n, "prefix")
             out["position_ids"] = positions_from_mask(mask, offset=n)
-        return InputPrep(out, 0)
+        return InputPrep(out, 0, kv_prefix=n)
