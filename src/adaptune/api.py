@@ -79,8 +79,15 @@ def _read_split(
     return Split(name, path, examples, encoded, sum(e.truncated for e in encoded))
 
 
-def vocabulary_notes(split: Split, backbone: Backbone, threshold: float = 0.02) -> list[str]:
-    """A note when many training tokens are unknown to the tokenizer (e.g. Chinese text on an English model)."""
+#: The packaged model to suggest when a tokenizer does not know the training text (Chinese on MiniLM).
+MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
+
+
+def vocabulary_notes(
+    split: Split, backbone: Backbone, threshold: float = 0.02, switch_threshold: float = 0.05
+) -> list[str]:
+    """A note when many training tokens are unknown to the tokenizer (e.g. Chinese text on an English model);
+    above ``switch_threshold`` it names the packaged multilingual model to use instead."""
     unk = backbone.tokenizer.unk_token_id
     if unk is None:
         return []
@@ -88,10 +95,16 @@ def vocabulary_notes(split: Split, backbone: Backbone, threshold: float = 0.02) 
     unknown = sum(e.input_ids.count(unk) for e in split.encoded)
     if not total or unknown / total < threshold:
         return []
-    return [
+    note = (
         f"{unknown / total:.1%} of the training tokens are unknown to the tokenizer of {backbone.name} "
         f"({backbone.tokenizer.unk_token}); a model whose vocabulary covers this language will do better"
-    ]
+    )
+    if unknown / total > switch_threshold and backbone.name != MULTILINGUAL_MODEL:
+        note += (
+            f": use --set model.name_or_path={MULTILINGUAL_MODEL} (multilingual-e5-small: Chinese and about 100 "
+            "other languages, installed offline by scripts/setup.sh)"
+        )
+    return [note]
 
 
 def effective_max_length(requested: int, backbone: Backbone) -> int:
@@ -175,9 +188,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         split = _read_split(task, cfg, name, backbone, labels, max_length)
         if split is not None:
             splits[name] = split
-    notes = [
-        note for s in splits.values() if (note := task.truncation_note(s.name, s.encoded, max_length)) is not None
-    ]
+    notes = [note for s in splits.values() if (note := task.truncation_note(s.name, s.encoded, max_length)) is not None]
     notes += vocabulary_notes(train_split, backbone)
     base_params = sum(p.numel() for p in backbone.model.parameters())
     return Prepared(task, backbone, fingerprint(backbone.model), base_params, max_length, labels, splits, notes)

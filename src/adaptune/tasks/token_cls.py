@@ -58,10 +58,20 @@ class TokenHead(nn.Module):
         return self.classifier(self.dropout(hidden.to(self.classifier.weight.dtype)))  # type: ignore[no-any-return]
 
 
-def align_first_subtoken(word_ids: Sequence[int | None], n_words: int) -> tuple[list[int], int]:
+#: A SentencePiece token that is only the word-boundary marker (XLM-R splits a character it has no ``▁X`` piece
+#: for into ``▁`` and ``X``): it says where a word starts, nothing about the word.
+BARE_BOUNDARY = "\u2581"
+
+
+def align_first_subtoken(
+    word_ids: Sequence[int | None], n_words: int, tokens: Sequence[str] | None = None
+) -> tuple[list[int], int]:
     """For each position, the word index whose *first* sub-token it is, else -1; and how many words are covered.
 
-    ``word_ids`` is the fast tokenizer's map from positions to words (None for special tokens).
+    ``word_ids`` is the fast tokenizer's map from positions to words (None for special tokens). With ``tokens``
+    (the token strings), a word whose first sub-token is a bare ``▁`` followed by more of the same word is read
+    at its second sub-token instead: per-character Chinese input through XLM-R's vocabulary gives ``▁ 张`` for
+    many characters, and the ``▁`` would otherwise carry the character's tag.
     """
     index, previous, covered = [], None, set()
     for word in word_ids:
@@ -71,6 +81,11 @@ def align_first_subtoken(word_ids: Sequence[int | None], n_words: int) -> tuple[
         else:
             index.append(-1)
         previous = word
+    if tokens is not None:
+        for position in range(len(index) - 1):
+            word = index[position]
+            if word >= 0 and tokens[position] == BARE_BOUNDARY and word_ids[position + 1] == word:
+                index[position], index[position + 1] = -1, word
     return index, len(covered)
 
 
@@ -161,7 +176,7 @@ class TokenClassification(Task[TokenExample]):
         self, example: TokenExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
     ) -> Encoded:
         enc = tokenizer(list(example.tokens), is_split_into_words=True, truncation=True, max_length=max_length)
-        word_index, covered = align_first_subtoken(enc.word_ids(), len(example.tokens))
+        word_index, covered = align_first_subtoken(enc.word_ids(), len(example.tokens), enc.tokens())
         target = None
         if example.tags:
             ids = {name: i for i, name in enumerate(labels)}
