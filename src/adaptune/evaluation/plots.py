@@ -4,16 +4,22 @@ Figures are built with matplotlib's object API on an Agg canvas (``FigureCanvasA
 works headless and never touches pyplot's global state or the user's chosen backend. Every PNG is
 written atomically: to a temporary file in the target folder, then ``os.replace``-d into place, so a
 reader never sees a half-written image.
+
+Chinese (and other CJK) text renders through matplotlib's per-glyph font fallback: the text font
+stays the user's (DejaVu Sans by default) and characters it lacks come from the first installed
+font of :data:`CJK_FONTS` (``scripts/setup.sh`` installs WenQuanYi Micro Hei on Debian/Ubuntu).
+Without one, matplotlib's own "Glyph ... missing from font(s)" warnings are left to reach the
+caller: they are the only sign that a PNG shows boxes instead of characters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import numbers
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -28,42 +34,70 @@ from matplotlib.figure import Figure
 __all__ = ["plot_confusion_matrix", "plot_training_curves"]
 
 CJK_FONTS = (
+    "WenQuanYi Micro Hei",
     "Noto Sans CJK SC",
     "Noto Sans CJK JP",
     "Noto Sans SC",
     "Source Han Sans SC",
     "WenQuanYi Zen Hei",
-    "WenQuanYi Micro Hei",
     "SimHei",
     "Microsoft YaHei",
     "PingFang SC",
     "Heiti SC",
     "Arial Unicode MS",
 )
-"""Fonts tried, in order, so that Chinese label names render; the first one installed is used."""
+"""Fallback fonts for CJK characters, in order of preference; the first one installed is used."""
 
 MAX_ANNOTATED_CLASSES = 25
 """Above this many classes the confusion matrix cells carry no numbers (they would not fit)."""
 
+logger = logging.getLogger(__name__)
+
+
+def _installed(names: Sequence[str]) -> str | None:
+    """The first of ``names`` that matplotlib's font manager knows, or ``None``."""
+    known = {entry.name for entry in font_manager.fontManager.ttflist}
+    return next((name for name in names if name in known), None)
+
+
+def _add_uncached_system_fonts() -> None:
+    """Register system fonts installed after matplotlib built its font cache (it never rescans)."""
+    cached = {os.path.realpath(entry.fname) for entry in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if os.path.realpath(path) not in cached:
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError) as error:  # a broken font file is skipped
+                logger.debug("skipping font %s: %s", path, error)
+
 
 @lru_cache(maxsize=1)
 def cjk_font() -> str | None:
-    """The first installed font of :data:`CJK_FONTS`, or ``None`` when none is installed."""
-    installed = {entry.name for entry in font_manager.fontManager.ttflist}
-    return next((name for name in CJK_FONTS if name in installed), None)
+    """The first installed font of :data:`CJK_FONTS`, or ``None`` when none is installed.
+
+    Looked up once, at the first plot (not at import): in matplotlib's font cache, then among
+    system fonts the cache predates (e.g. installed by ``scripts/setup.sh`` after the cache was built).
+    """
+    font = _installed(CJK_FONTS)
+    if font is None:
+        _add_uncached_system_fonts()
+        font = _installed(CJK_FONTS)
+    if font is None:
+        logger.info("no CJK font found (tried %s): Chinese text will render as boxes", ", ".join(CJK_FONTS))
+    return font
+
+
+def font_families() -> list[str]:
+    """The ``font.family`` list plots use: the current families, then the CJK fallback font if any."""
+    families = list(mpl.rcParams["font.family"])
+    font = cjk_font()
+    return families if font is None or font in families else [*families, font]
 
 
 @contextlib.contextmanager
 def _style() -> Iterator[None]:
-    """Use a CJK font (falling back to DejaVu Sans) when present; silence missing-glyph warnings."""
-    font = cjk_font()
-    families = [font, "DejaVu Sans"] if font else ["DejaVu Sans"]
-    with (
-        mpl.rc_context({"font.family": "sans-serif", "font.sans-serif": families}),
-        warnings.catch_warnings(),
-    ):
-        warnings.filterwarnings("ignore", message=r".*[Gg]lyph .* missing from.*")
-        warnings.filterwarnings("ignore", message=r".*Matplotlib currently does not support.*")
+    """Draw with :func:`font_families`: Latin text keeps its font, CJK characters fall back."""
+    with mpl.rc_context({"font.family": font_families()}):
         yield
 
 
