@@ -121,12 +121,12 @@ def test_tab_extension_is_tsv(tmp_path: Path) -> None:
 
 
 def test_missing_column_lists_columns_present(tmp_path: Path) -> None:
-    path = write(tmp_path, "cols.csv", "sentence,category\nhi,a\n")
+    path = write(tmp_path, "cols.csv", "title,category\nhi,a\n")
     error = data_error(read_text_examples, path)
     assert error.field == "text" and error.line == 1
-    assert "columns present: sentence, category" in str(error)
+    assert "columns present: title, category" in str(error)
     assert "column_names" in str(error)
-    error = data_error(read_text_examples, path, text_column="sentence")
+    error = data_error(read_text_examples, path, text_column="title")
     assert error.field == "label"
 
 
@@ -227,8 +227,8 @@ def test_jsonl_line_not_an_object(tmp_path: Path) -> None:
 
 
 def test_jsonl_missing_field_lists_fields(tmp_path: Path) -> None:
-    error = data_error(read_text_examples, write(tmp_path, "f.jsonl", '{"sentence": "a", "label": 1}\n'))
-    assert error.field == "text" and "fields present: sentence, label" in str(error)
+    error = data_error(read_text_examples, write(tmp_path, "f.jsonl", '{"title": "a", "label": 1}\n'))
+    assert error.field == "text" and "fields present: title, label" in str(error)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,10 @@ bmes      character-level ``CHAR TAG`` lines, the same layout as conll; the sent
 hf        a folder written by ``datasets``' ``save_to_disk``
 ========  ==================================================================================================
 
+Text-classification files in common published layouts need no field names: CLUE JSON Lines (TNEWS:
+``sentence`` with ``label`` ids and ``label_desc`` names, read as the names) and ERNIE/LUGE TSV
+(ChnSentiCorp: ``label`` and ``text_a``); :mod:`adaptune.data.formats.layouts` gives the rules.
+
 Every problem in a file is raised as :class:`~adaptune.errors.DataError` naming the file, the line (or row)
 and the field. Tag schemes are not checked here.
 """
@@ -22,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adaptune.data.formats.conll import read_column_sentences
-from adaptune.data.formats.delimited import read_delimited_rows
+from adaptune.data.formats.delimited import read_delimited_header, read_delimited_rows
 from adaptune.data.formats.hf import read_hf_rows
 from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl_rows
+from adaptune.data.formats.layouts import check_label_names, resolve_columns
 from adaptune.data.formats.rows import (
     TextColumns,
     check_label_kinds,
@@ -100,24 +105,37 @@ def _resolve_format(path: Path, format: str, allowed: Sequence[str], task: str) 
     return found
 
 
-def _rows(
-    path: Path,
-    found: str,
-    hf_split: str | None,
-    column_names: Sequence[str] | None = None,
-    required: Sequence[str] = (),
-) -> list[Row]:
-    """Read a table-like file (csv, tsv, jsonl, json or hf) into rows.
-
-    ``column_names`` and ``required`` apply to csv and tsv only.
-    """
+def _rows(path: Path, found: str, hf_split: str | None) -> list[Row]:
+    """Read a jsonl, json or hf source into rows."""
     if found == "hf":
         return read_hf_rows(path, hf_split)
     text, file = read_text_file(path), str(path)
-    if found in ("csv", "tsv"):
-        delimiter = "," if found == "csv" else "\t"
-        return read_delimited_rows(text, file, delimiter=delimiter, column_names=column_names, required=required)
     return read_jsonl_rows(text, file) if found == "jsonl" else read_json_rows(text, file)
+
+
+def _text_rows(
+    path: Path, found: str, hf_split: str | None, column_names: Sequence[str] | None, columns: TextColumns
+) -> tuple[list[Row], TextColumns]:
+    """Read a text-classification source into rows, and settle which fields hold the text and the label.
+
+    The field names are resolved by :func:`~adaptune.data.formats.layouts.resolve_columns` against the
+    header (or ``column_names``) of a csv/tsv file, or against the first row of any other source.
+    """
+    file = str(path)
+    if found not in ("csv", "tsv"):
+        rows = _rows(path, found, hf_split)
+        if rows:
+            columns = resolve_columns(list(rows[0].values), columns, file, rows[0].location.line)
+        return rows, columns
+    text = read_text_file(path)
+    delimiter = "," if found == "csv" else "\t"
+    if column_names is None:
+        line, names = read_delimited_header(text, file, delimiter=delimiter)
+        columns = resolve_columns(names, columns, file, line)
+    else:
+        columns = resolve_columns([name.strip() for name in column_names], columns, file, None)
+    rows = read_delimited_rows(text, file, delimiter=delimiter, column_names=column_names, required=columns.required())
+    return rows, columns
 
 
 def read_text_examples(
@@ -137,9 +155,13 @@ def read_text_examples(
     Args:
         path: the file, or the folder for ``format="hf"``.
         format: one of :data:`FORMATS` that holds text examples, or ``"auto"`` to use :func:`detect_format`.
-        text_column: the field holding the text (stripped of surrounding whitespace).
+        text_column: the field holding the text (stripped of surrounding whitespace). The default ``"text"``
+            falls back to ``sentence`` (CLUE, GLUE) or ``text_a`` (ERNIE/LUGE TSV) when the file has no
+            ``text`` field; see :mod:`adaptune.data.formats.layouts`.
         text_pair_column: the field holding the second text of a sentence-pair task, if any.
-        label_column: the field holding the label; ``None`` reads unlabelled examples.
+        label_column: the field holding the label; ``None`` reads unlabelled examples. With the default
+            ``"label"``, a CLUE file's ``label_desc`` (or ``label_des``) name is read instead of the id, so
+            TNEWS gives ``news_story`` rather than ``"100"``.
         label_separator: splits a label cell into several labels (multi-label), e.g. ``"|"``. JSON lists
             are always read as several labels.
         column_names: the column names of a csv/tsv file without a header row.
@@ -153,25 +175,25 @@ def read_text_examples(
     Raises:
         DataError: for any problem in the data, naming file, line and field: a malformed row, a missing
             column (listing those present), an empty text or label, labels mixing numbers and names, label
-            names differing only in case or width, a file that is not UTF-8 or is empty.
+            names differing only in case or width, CLUE ids and names that do not pair one to one, a file
+            that is not UTF-8 or is empty.
         ConfigError: for an unknown ``format``, or ``column_names`` with a format other than csv/tsv.
     """
     path = Path(path)
     found = _resolve_format(path, format, _TEXT_FORMATS, "text classification")
-    columns = TextColumns(text_column, text_pair_column, label_column, label_separator, require_labels)
     if column_names is not None and found not in ("csv", "tsv"):
         raise ConfigError(f"column_names: only csv and tsv files take column names, not {found}")
-    required = [name for name in (text_column, text_pair_column) if name is not None]
-    if label_column is not None and require_labels:
-        required.append(label_column)
-    rows = _rows(path, found, hf_split, column_names=column_names, required=required)
+    asked = TextColumns(text_column, text_pair_column, label_column, label_separator, require_labels)
+    rows, columns = _text_rows(path, found, hf_split, column_names, asked)
     examples = [text_example_from_row(row, columns) for row in rows]
     if not examples:
         raise DataError("no examples found", file=str(path))
-    if label_column is not None:
+    if columns.label_field is not None:
         labelled = list(zip((row.location for row in rows), (example.labels for example in examples), strict=True))
-        check_label_kinds(labelled, label_column)
-        check_label_spellings(labelled, label_column)
+        check_label_kinds(labelled, columns.label_field)
+        check_label_spellings(labelled, columns.label_field)
+    if columns.label is not None and columns.label_name is not None:
+        check_label_names(rows, columns.label, columns.label_name)
     return examples
 
 

@@ -20,7 +20,13 @@ from transformers import PreTrainedTokenizerBase
 
 from adaptune.config import DataConfig, TaskConfig
 from adaptune.data.readers import read_token_examples
-from adaptune.data.records import TokenExample, token_example_from_text, token_example_from_words
+from adaptune.data.records import (
+    LettersInCjk,
+    TokenExample,
+    letters_in_cjk_of,
+    token_example_from_text,
+    token_example_from_words,
+)
 from adaptune.errors import DataError
 from adaptune.evaluation.metrics import entity_report, token_report
 from adaptune.evaluation.tagging import detect_scheme, extract_entities, normalise_scheme, validate_tags
@@ -89,6 +95,35 @@ def align_first_subtoken(
     return index, len(covered)
 
 
+def _written_together(char: str) -> bool:
+    """CJK ideographs, CJK punctuation and full-width forms: written with no space before or after them."""
+    code = ord(char)
+    return 0x3000 <= code <= 0x303F or 0x3400 <= code <= 0x4DBF or 0x4E00 <= code <= 0x9FFF or 0xFF00 <= code <= 0xFFEF
+
+
+def joining_boundaries(words: Sequence[str], tokens: Sequence[str], word_ids: Sequence[int | None]) -> list[bool]:
+    """Which positions to keep: all but a bare ``▁`` that opens a word written together with the previous one
+    (a Chinese character after a Chinese character). Split into one word per character, Chinese text would
+    otherwise get a word boundary between every two characters (``▁ 北 ▁ 京``: twice the tokens, and text the
+    model never saw written that way); the same text unsplit has none."""
+    keep = []
+    for position, word in enumerate(word_ids):
+        opens = word is not None and (position == 0 or word_ids[position - 1] != word)
+        drop = (
+            opens
+            and tokens[position] == BARE_BOUNDARY
+            and position + 1 < len(word_ids)
+            and word_ids[position + 1] == word
+            and word > 0
+            and bool(words[word])
+            and bool(words[word - 1])
+            and _written_together(words[word][0])
+            and _written_together(words[word - 1][-1])
+        )
+        keep.append(not drop)
+    return keep
+
+
 def tag_order(tags: set[str]) -> list[str]:
     """``O`` first, then tags by entity type and prefix (``B-LOC, I-LOC, B-PER ...``)."""
     rest = sorted((t for t in tags if t != "O"), key=lambda t: (t[2:] if len(t) > 2 and t[1] == "-" else t, t))
@@ -105,12 +140,15 @@ class TokenClassification(Task[TokenExample]):
     def __init__(self, config: TokenClsConfig) -> None:
         super().__init__(config)
         self.scheme: str | None = None if config.tag_scheme == "auto" else normalise_scheme(config.tag_scheme)
+        # How predict splits letters and digits inside Chinese text, learned from the training data.
+        self.letters_in_cjk: LettersInCjk | None = None
 
     def learned_state(self) -> dict[str, Any]:
-        return {"tag_scheme": self.scheme}
+        return {"tag_scheme": self.scheme, "letters_in_cjk": self.letters_in_cjk}
 
     def load_learned_state(self, state: dict[str, Any]) -> None:
         self.scheme = state.get("tag_scheme") or self.scheme
+        self.letters_in_cjk = state.get("letters_in_cjk") or self.letters_in_cjk
 
     def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TokenExample]:
         examples = read_token_examples(
@@ -124,6 +162,8 @@ class TokenClassification(Task[TokenExample]):
         if require_labels and examples:
             if self.scheme is None:
                 self.scheme = normalise_scheme(detect_scheme([ex.tags for ex in examples]))
+            if self.letters_in_cjk is None:
+                self.letters_in_cjk = letters_in_cjk_of(examples)
             self._check_scheme(examples, path)
         return examples
 
@@ -148,15 +188,16 @@ class TokenClassification(Task[TokenExample]):
             )
 
     def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
+        split = self.letters_in_cjk or "words"
         if isinstance(item, str):
-            return token_example_from_text(item)
+            return token_example_from_text(item, letters_in_cjk=split)
         tokens = item.get("tokens")
         if isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens):
             return token_example_from_words(tokens, (), " ", "")
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError("needs a non-empty 'text' string or a 'tokens' list of strings", field="text")
-        return token_example_from_text(text)
+        return token_example_from_text(text, letters_in_cjk=split)
 
     def label_names(self, examples: Sequence[TokenExample]) -> list[str]:
         tags = {tag for ex in examples for tag in ex.tags}
@@ -176,14 +217,18 @@ class TokenClassification(Task[TokenExample]):
         self, example: TokenExample, tokenizer: PreTrainedTokenizerBase, labels: Sequence[str], max_length: int
     ) -> Encoded:
         enc = tokenizer(list(example.tokens), is_split_into_words=True, truncation=True, max_length=max_length)
-        word_index, covered = align_first_subtoken(enc.word_ids(), len(example.tokens), enc.tokens())
+        keep = joining_boundaries(example.tokens, enc.tokens(), enc.word_ids())
+        word_ids = [w for w, k in zip(enc.word_ids(), keep, strict=True) if k]
+        tokens = [t for t, k in zip(enc.tokens(), keep, strict=True) if k]
+        word_index, covered = align_first_subtoken(word_ids, len(example.tokens), tokens)
         target = None
         if example.tags:
             ids = {name: i for i, name in enumerate(labels)}
             target = [ids[example.tags[w]] if w >= 0 else IGNORE for w in word_index]
+        types = enc.get("token_type_ids")
         return Encoded(
-            input_ids=list(enc["input_ids"]),
-            token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
+            input_ids=[t for t, k in zip(enc["input_ids"], keep, strict=True) if k],
+            token_type_ids=[t for t, k in zip(types, keep, strict=True) if k] if types is not None else None,
             target=target,
             word_index=word_index,
             truncated=covered < len(example.tokens) and len(enc["input_ids"]) >= max_length,

@@ -51,6 +51,18 @@ def _check_required(names: Sequence[str], required: Sequence[str], file: str, li
             raise DataError(message, file=file, line=line, field=name)
 
 
+def read_delimited_header(text: str, file: str, *, delimiter: str) -> tuple[int, list[str]]:
+    """The line and the stripped column names of the header: the first non-blank record.
+
+    Raises:
+        DataError: on malformed quoting in the header, or a file without any record.
+    """
+    first = next(_records(text, file, delimiter), None)
+    if first is None:
+        raise DataError("file is empty", file=file)
+    return first
+
+
 def read_delimited_rows(
     text: str,
     file: str,

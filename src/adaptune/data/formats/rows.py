@@ -25,13 +25,30 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 @dataclass(frozen=True)
 class TextColumns:
-    """Which fields of a row hold the text, the optional second text and the label."""
+    """Which fields of a row hold the text, the optional second text and the label.
+
+    ``label_name``, when set, is the field holding the human-readable name of the ``label`` id (CLUE's
+    ``label_desc``, see :mod:`adaptune.data.formats.layouts`); the label is then read from it.
+    """
 
     text: str
     text_pair: str | None
     label: str | None
     label_separator: str | None
     require_labels: bool
+    label_name: str | None = None
+
+    @property
+    def label_field(self) -> str | None:
+        """The field the label is read from: ``label_name`` when set, else ``label``."""
+        return self.label_name if self.label_name is not None and self.label is not None else self.label
+
+    def required(self) -> list[str]:
+        """The fields every row must have: the text, the second text if any, and the label when required."""
+        names = [name for name in (self.text, self.text_pair) if name is not None]
+        if self.label_field is not None and self.require_labels:
+            names.append(self.label_field)
+        return names
 
 
 def _field(row: Row, name: str) -> Any:
@@ -91,11 +108,11 @@ def text_example_from_row(row: Row, columns: TextColumns) -> TextExample:
     text = _text(row, columns.text)
     pair = _text(row, columns.text_pair) if columns.text_pair is not None else None
     labels: tuple[str, ...] = ()
-    if columns.label is not None and (columns.require_labels or columns.label in row.values):
-        raw = _field(row, columns.label)
-        labels = _label_strings(raw, row.location, columns.label, columns.label_separator)
+    field = columns.label_field
+    if field is not None and (columns.require_labels or field in row.values):
+        labels = _label_strings(_field(row, field), row.location, field, columns.label_separator)
         if not labels and columns.require_labels:
-            raise row.location.error("empty label", field=columns.label)
+            raise row.location.error("empty label", field=field)
     return TextExample(text=text, labels=labels, text_pair=pair, source=row.location.source)
 
 
@@ -155,7 +172,8 @@ def _cluener_tags(text: str, label: Mapping[str, Any], location: Location) -> li
     """Character-level BIO tags for a CLUENER label object.
 
     Flat tags cannot nest entities, so of overlapping spans the outer (earlier, then longer) one is kept and
-    the others are dropped with a logged warning; CLUENER's train.json has one such pair (line 1507).
+    the others are dropped with a logged warning. CLUENER's train.json has one such line (1507: two company
+    names inside a book title, which is kept).
     """
     tags = ["O"] * len(text)
     for start, end, entity_type in sorted(_cluener_spans(text, label, location), key=lambda s: (s[0], -s[1])):
