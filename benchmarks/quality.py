@@ -4,7 +4,7 @@
 
 Each name is ``configs/<name>.yaml``, run in its own process (so peak RSS is that run's). Records are upserted
 into ``benchmarks/results/quality.json`` (one per task/dataset/split/model/method/metric) and the table
-``benchmarks/results/quality.md`` is rewritten, and so are the two tables in README.md between the
+``benchmarks/results/quality.md`` is rewritten, and so are the two tables in README.md (and README.zh-CN.md) between the
 ``<!-- methods-table -->`` and ``<!-- quality-records -->`` markers (``--tables`` does only that).
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+#: Both READMEs carry the generated tables between the same markers (tests/test_readme_zh.py keeps them in step).
+READMES = (README, ROOT / "README.zh-CN.md")
 KEY = ("task", "dataset", "split", "model", "method", "metric")
 #: The model of the method x dataset table (other models' records are listed in the records table only).
 TABLE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -86,9 +88,10 @@ def write_generations(name: str, run_dir: Path) -> None:
             "",
         ]
     (RESULTS / f"generations_{name}.md").write_text("\n".join(lines), encoding="utf-8")
-    if README.is_file() and f"<!-- generations-{name} -->" in README.read_text(encoding="utf-8"):
-        text = replace_between(README.read_text(encoding="utf-8"), f"generations-{name}", lines[:-1])
-        README.write_text(text, encoding="utf-8")
+    for readme in READMES:
+        if readme.is_file() and f"<!-- generations-{name} -->" in readme.read_text(encoding="utf-8"):
+            text = replace_between(readme.read_text(encoding="utf-8"), f"generations-{name}", lines[:-1])
+            readme.write_text(text, encoding="utf-8")
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -165,11 +168,12 @@ def write_tables(merged: list[dict]) -> None:
     """``quality.md`` (the method x dataset table, then every record) and the same two tables in README.md."""
     lines = [*method_table(merged), "", *records_table(merged)]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if README.is_file():
-        text = README.read_text(encoding="utf-8")
-        text = replace_between(text, "methods-table", method_table(merged))
-        text = replace_between(text, "quality-records", records_table(merged))
-        README.write_text(text, encoding="utf-8")
+    for readme in READMES:
+        if readme.is_file():
+            text = readme.read_text(encoding="utf-8")
+            text = replace_between(text, "methods-table", method_table(merged))
+            text = replace_between(text, "quality-records", records_table(merged))
+            readme.write_text(text, encoding="utf-8")
 
 
 def replace_between(text: str, marker: str, lines: list[str]) -> str:

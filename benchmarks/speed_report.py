@@ -240,9 +240,13 @@ def write_results(
 
 
 def update_readme(table: str, marker: str = "train-speed") -> None:
-    """Put ``table`` between ``<!-- train-speed -->`` and ``<!-- /train-speed -->`` in README.md (if present)."""
-    text = README.read_text(encoding="utf-8")
-    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        README.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1], encoding="utf-8")
+    """Put ``table`` between ``<!-- train-speed -->`` and ``<!-- /train-speed -->`` in README.md and
+    README.zh-CN.md (where present)."""
+    for readme in (README, README.with_name("README.zh-CN.md")):
+        if not readme.is_file():
+            continue
+        text = readme.read_text(encoding="utf-8")
+        start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            readme.write_text(head + start + "\n" + table + end + rest.split(end, 1)[1], encoding="utf-8")
