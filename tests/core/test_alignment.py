@@ -69,3 +69,26 @@ def test_a_bare_word_boundary_token_passes_the_word_to_its_next_subtoken() -> No
     index, covered = align_first_subtoken(word_ids, 3, tokens)
     assert index == [-1, -1, 0, 1, 2, -1] and covered == 3
     assert align_first_subtoken(word_ids, 3)[0] == [-1, 0, -1, 1, 2, -1]
+
+
+def test_chinese_characters_written_together_lose_the_boundary_between_them() -> None:
+    """``▁ 北 ▁ 京`` (one word per character) becomes ``▁ 北 京``, as the unsplit text is tokenised; a bare ``▁``
+    before a Latin word, or at the first word, stays."""
+    from adaptune.tasks.token_cls import joining_boundaries
+
+    words = ["Alice", "去", "北", "京", "Berlin"]
+    tokens = ["<s>", "\u2581Alice", "\u2581", "去", "\u2581", "北", "\u2581", "京", "\u2581", "Berlin", "</s>"]
+    word_ids = [None, 0, 1, 1, 2, 2, 3, 3, 4, 4, None]
+    keep = joining_boundaries(words, tokens, word_ids)
+    assert [t for t, k in zip(tokens, keep, strict=True) if k] == [
+        "<s>",
+        "\u2581Alice",
+        "\u2581",
+        "去",
+        "北",
+        "京",
+        "\u2581",
+        "Berlin",
+        "</s>",
+    ]
+    assert all(joining_boundaries(["hello", "world"], ["[CLS]", "hello", "world", "[SEP]"], [None, 0, 1, None]))

@@ -16,6 +16,12 @@ Entity extraction is *strict*: it reproduces seqeval's ``mode="strict"``
 the scheme. For example, in IOB2 an ``I-X`` that does not continue a ``B-X``/``I-X`` starts nothing,
 and in IOBES a ``B-X I-X`` never closed by ``E-X`` is dropped. Entities are ``(type, start, end)``
 with ``end`` exclusive.
+
+Predictions are read with repair instead (:func:`repaired_entities`), by the rules of conlleval and
+seqeval's default mode (``seqeval.metrics.sequence_labeling.get_entities``), so a malformed stretch still
+gives an entity: an ``I-X`` (``M-X``, ``E-X``) that does not continue an ``X`` entity starts one
+(``B-ORG I-MISC`` gives ORG and MISC; ``O I-PER`` gives PER), an entity ends where the type changes or an
+``O``, ``B-`` or ``S-`` follows (an unclosed ``B-X I-X`` in IOBES is kept), and ``E-X``/``S-X`` end it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "detect_scheme",
     "extract_entities",
     "normalise_scheme",
+    "repaired_entities",
     "validate_tags",
 ]
 
@@ -238,7 +245,8 @@ def extract_entities(tags: Sequence[str], scheme: str = "auto") -> list[Entity]:
     """Return the well-formed entities of one tag sequence as ``(type, start, end_exclusive)``.
 
     Strict semantics, identical to seqeval's ``mode="strict"`` with the matching scheme class (BMES
-    is scored as IOBES with ``M`` read as ``I``). Malformed fragments are ignored, not repaired.
+    is scored as IOBES with ``M`` read as ``I``). Malformed fragments are ignored, not repaired
+    (:func:`repaired_entities` repairs them).
 
     Example:
         >>> extract_entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"], "BIO")
@@ -250,6 +258,53 @@ def extract_entities(tags: Sequence[str], scheme: str = "auto") -> list[Entity]:
     """
     name = _resolve(scheme, [tags])
     return _strict_spans(_parse(tags, name), _RULES[name])
+
+
+# --- repairing extraction -------------------------------------------------------------------------
+
+
+def _chunk_ends(prev: _Tag, cur: _Tag) -> bool:
+    """conlleval's ``endOfChunk``: the entity holding ``prev`` ends before ``cur``."""
+    if prev == _OUTSIDE:
+        return False
+    return prev[0] in "ES" or (prev[0] in "BI" and cur[0] in "BSO") or not _same(prev, cur)
+
+
+def _chunk_starts(prev: _Tag, cur: _Tag) -> bool:
+    """conlleval's ``startOfChunk``: ``cur`` opens an entity."""
+    if cur == _OUTSIDE:
+        return False
+    return cur[0] in "BS" or (prev[0] in "ESO" and cur[0] in "IE") or not _same(prev, cur)
+
+
+def repaired_entities(tags: Sequence[str], scheme: str = "auto") -> list[Entity]:
+    """Return the entities of one tag sequence as conlleval reads it, repairing tags that break the scheme.
+
+    The rules are conlleval's ``startOfChunk``/``endOfChunk``, as in seqeval's default (non-strict) mode,
+    with BMES's ``M`` read as ``I``: a token starts an entity when it is ``B-``/``S-``, when it is ``I-``/``E-``
+    after ``O``, ``E-`` or ``S-``, or when its type differs from the previous token's; an entity ends after
+    ``E-``/``S-``, before ``B-``/``S-``/``O``, and where the type changes. On tags that keep the scheme
+    (:func:`validate_tags` passes) the result equals :func:`extract_entities`; on others it keeps every
+    typed stretch that strict extraction drops.
+
+    Example:
+        >>> repaired_entities(["B-ORG", "I-MISC", "O", "I-PER", "I-PER"], "BIO")
+        [('ORG', 0, 1), ('MISC', 1, 2), ('PER', 3, 5)]
+
+    Raises:
+        DataError: a tag has a prefix the scheme does not allow (e.g. ``E-`` in IOB2).
+        ConfigError: unknown scheme name.
+    """
+    parsed = _parse(tags, _resolve(scheme, [tags]))
+    spans: list[Entity] = []
+    begin: int | None = None
+    for pos, (prev, cur) in enumerate(zip([_OUTSIDE, *parsed], [*parsed, _OUTSIDE], strict=True)):
+        if begin is not None and _chunk_ends(prev, cur):
+            spans.append((prev[1], begin, pos))
+            begin = None
+        if _chunk_starts(prev, cur):
+            begin = pos
+    return spans
 
 
 # --- validation -----------------------------------------------------------------------------------

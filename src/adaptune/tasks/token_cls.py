@@ -3,6 +3,21 @@
 Words are tokenised into sub-words; the first sub-token of each word carries the word's tag and the others are
 ignored by the loss (-100). Predictions are read back at the same first sub-tokens, so every word gets exactly one
 tag; words cut off by ``max_length`` are predicted ``O`` and still counted in evaluation.
+
+Raw text given to predict is split into words the way the training data was (see
+:func:`~adaptune.data.records.token_example_from_text`): how punctuation, English clitics and letters inside
+Chinese text were tokenised is learned from the training examples and stored in the adapter's task state
+(``punctuation``, ``clitics``, ``letters_in_cjk``). Adapters saved before ``punctuation`` and ``clitics``
+existed get the defaults, ``"split"`` and ``"keep"``. Splitting punctuation is the safe side: the corpora
+adaptune is tested on (CoNLL-2003, its bundled NER data, Resume NER, CLUENER) all write punctuation as tokens
+of their own, and since a word's tag is read at its first sub-token, cutting ``.`` off ``Berlin.`` leaves the
+tag of ``Berlin`` read where it was (a WordPiece model even gets the same input ids), while ``(Paris`` was
+read at ``(`` before. Clitics are the other way round: CoNLL-2003
+splits them and the bundled data does not, so an old adapter keeps them in their word, as it always did.
+
+Predicted tags that break the scheme are repaired as conlleval and seqeval's default mode read them (see
+:func:`~adaptune.evaluation.tagging.repaired_entities`): an ``I-X`` that does not continue an ``X`` entity
+starts one. Such an entity has ``"repaired": true`` in the output; the raw tags are in ``"tags"``.
 """
 
 from __future__ import annotations
@@ -10,7 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,19 +36,33 @@ from transformers import PreTrainedTokenizerBase
 from adaptune.config import DataConfig, TaskConfig
 from adaptune.data.readers import read_token_examples
 from adaptune.data.records import (
+    Clitics,
     LettersInCjk,
+    Punctuation,
     TokenExample,
+    clitics_of,
     letters_in_cjk_of,
+    punctuation_of,
     token_example_from_text,
     token_example_from_words,
 )
-from adaptune.errors import DataError
+from adaptune.errors import AdapterFileError, DataError
 from adaptune.evaluation.metrics import entity_report, token_report
-from adaptune.evaluation.tagging import detect_scheme, extract_entities, normalise_scheme, validate_tags
+from adaptune.evaluation.tagging import (
+    detect_scheme,
+    extract_entities,
+    normalise_scheme,
+    repaired_entities,
+    validate_tags,
+)
 from adaptune.registry import register_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
 
 IGNORE = -100
+#: How raw text is split when the training data tells nothing (no punctuation, no clitic) and for adapters
+#: saved before these were learned: see the module docstring.
+DEFAULT_PUNCTUATION: Punctuation = "split"
+DEFAULT_CLITICS: Clitics = "keep"
 
 
 class TokenClsConfig(TaskConfig):
@@ -124,6 +153,18 @@ def joining_boundaries(words: Sequence[str], tokens: Sequence[str], word_ids: Se
     return keep
 
 
+def _stored(state: dict[str, Any], key: str, allowed: tuple[str, ...]) -> Any:
+    """``state[key]`` when it is one of ``allowed``; ``None`` when absent or null (an older adapter).
+
+    Raises:
+        AdapterFileError: the adapter stores a value adaptune does not know.
+    """
+    value = state.get(key)
+    if value is not None and value not in allowed:
+        raise AdapterFileError(f"task_state.{key} is {value!r}; expected one of {', '.join(allowed)} or null")
+    return value
+
+
 def tag_order(tags: set[str]) -> list[str]:
     """``O`` first, then tags by entity type and prefix (``B-LOC, I-LOC, B-PER ...``)."""
     rest = sorted((t for t in tags if t != "O"), key=lambda t: (t[2:] if len(t) > 2 and t[1] == "-" else t, t))
@@ -140,15 +181,34 @@ class TokenClassification(Task[TokenExample]):
     def __init__(self, config: TokenClsConfig) -> None:
         super().__init__(config)
         self.scheme: str | None = None if config.tag_scheme == "auto" else normalise_scheme(config.tag_scheme)
-        # How predict splits letters and digits inside Chinese text, learned from the training data.
+        # How predict splits raw text, learned from the training data (None: not learned yet, or not stored).
         self.letters_in_cjk: LettersInCjk | None = None
+        self.punctuation: Punctuation | None = None
+        self.clitics: Clitics | None = None
 
     def learned_state(self) -> dict[str, Any]:
-        return {"tag_scheme": self.scheme, "letters_in_cjk": self.letters_in_cjk}
+        return {
+            "tag_scheme": self.scheme,
+            "letters_in_cjk": self.letters_in_cjk,
+            "punctuation": self.punctuation,
+            "clitics": self.clitics,
+        }
 
     def load_learned_state(self, state: dict[str, Any]) -> None:
         self.scheme = state.get("tag_scheme") or self.scheme
-        self.letters_in_cjk = state.get("letters_in_cjk") or self.letters_in_cjk
+        self.letters_in_cjk = _stored(state, "letters_in_cjk", get_args(LettersInCjk)) or self.letters_in_cjk
+        self.punctuation = _stored(state, "punctuation", get_args(Punctuation)) or self.punctuation
+        self.clitics = _stored(state, "clitics", get_args(Clitics)) or self.clitics
+
+    def _learn_splitting(self, examples: Sequence[TokenExample]) -> None:
+        """Learn how the training data was tokenised, for :meth:`parse_input`. Punctuation and clitics get
+        their defaults when the data tells nothing, so the adapter stores the choice it predicts with."""
+        if self.letters_in_cjk is None:
+            self.letters_in_cjk = letters_in_cjk_of(examples)
+        if self.punctuation is None:
+            self.punctuation = punctuation_of(examples) or DEFAULT_PUNCTUATION
+        if self.clitics is None:
+            self.clitics = clitics_of(examples) or DEFAULT_CLITICS
 
     def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TokenExample]:
         examples = read_token_examples(
@@ -162,8 +222,7 @@ class TokenClassification(Task[TokenExample]):
         if require_labels and examples:
             if self.scheme is None:
                 self.scheme = normalise_scheme(detect_scheme([ex.tags for ex in examples]))
-            if self.letters_in_cjk is None:
-                self.letters_in_cjk = letters_in_cjk_of(examples)
+            self._learn_splitting(examples)
             self._check_scheme(examples, path)
         return examples
 
@@ -187,17 +246,25 @@ class TokenClassification(Task[TokenExample]):
                 stacklevel=2,
             )
 
+    def split_text(self, text: str) -> TokenExample:
+        """Split raw text into words as the training data was split (learned or stored; defaults otherwise)."""
+        return token_example_from_text(
+            text,
+            letters_in_cjk=self.letters_in_cjk or "words",
+            punctuation=self.punctuation or DEFAULT_PUNCTUATION,
+            clitics=self.clitics or DEFAULT_CLITICS,
+        )
+
     def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
-        split = self.letters_in_cjk or "words"
         if isinstance(item, str):
-            return token_example_from_text(item, letters_in_cjk=split)
+            return self.split_text(item)
         tokens = item.get("tokens")
         if isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens):
             return token_example_from_words(tokens, (), " ", "")
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError("needs a non-empty 'text' string or a 'tokens' list of strings", field="text")
-        return token_example_from_text(text, letters_in_cjk=split)
+        return self.split_text(text)
 
     def label_names(self, examples: Sequence[TokenExample]) -> list[str]:
         tags = {tag for ex in examples for tag in ex.tags}
@@ -286,19 +353,38 @@ class TokenClassification(Task[TokenExample]):
         return EvalOutput(report=report, headline=headline)
 
     def to_output(self, example: TokenExample, prediction: Any, labels: Sequence[str]) -> dict[str, Any]:
+        """``text``, ``entities`` (type, text, start, end: character offsets into ``text``, score: the mean tag
+        probability of its words, repaired: true when the tags broke the scheme there), ``tokens``, ``tags``."""
         tags = self.word_tags(example, prediction, labels)
-        scores = prediction[1]
-        entities = []
-        for kind, start, end in extract_entities(tags, self.scheme or "BIO"):
-            char_start, char_end = example.offsets[start][0], example.offsets[end - 1][1]
-            word_scores = [scores[i] for i in range(start, end) if i < len(scores)]
-            entities.append(
-                {
-                    "type": kind,
-                    "text": example.text[char_start:char_end],
-                    "start": char_start,
-                    "end": char_end,
-                    "score": round(sum(word_scores) / max(1, len(word_scores)), 6),
-                }
-            )
-        return {"text": example.text, "entities": entities, "tokens": list(example.tokens), "tags": tags}
+        return {
+            "text": example.text,
+            "entities": entity_outputs(example, tags, prediction[1], self.scheme or "BIO"),
+            "tokens": list(example.tokens),
+            "tags": tags,
+        }
+
+
+def entity_outputs(
+    example: TokenExample, tags: Sequence[str], scores: Sequence[float], scheme: str
+) -> list[dict[str, Any]]:
+    """The entities of one sentence's word ``tags`` as JSON-ready dicts with character offsets into its text.
+
+    Tags that break ``scheme`` are repaired (:func:`~adaptune.evaluation.tagging.repaired_entities`); an entity
+    that strict extraction would not give has ``"repaired": True``.
+    """
+    strict = set(extract_entities(tags, scheme))
+    out = []
+    for kind, start, end in repaired_entities(tags, scheme):
+        char_start, char_end = example.offsets[start][0], example.offsets[end - 1][1]
+        word_scores = [scores[i] for i in range(start, end) if i < len(scores)]
+        out.append(
+            {
+                "type": kind,
+                "text": example.text[char_start:char_end],
+                "start": char_start,
+                "end": char_end,
+                "score": round(sum(word_scores) / max(1, len(word_scores)), 6),
+                "repaired": (kind, start, end) not in strict,
+            }
+        )
+    return out
