@@ -21,6 +21,7 @@ from adaptune.io import save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
+from adaptune.training.logging import warn_before_training
 from adaptune.training.loop import Trainer, seed_everything
 
 #: Data settings stored with an adapter so that ``adaptune eval`` reads files the way training did.
@@ -208,6 +209,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     out_dir = Path(cfg.training.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg)
+    warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
     model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels)
     metric = cfg.training.metric if cfg.training.metric != "auto" else prep.task.default_metric
@@ -250,6 +252,29 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     return TrainResult(
         out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], prep.notes
     )
+
+
+#: The figures that follow the headline metric in :func:`headline_line`; for other metrics, the first other one.
+COMPANIONS = {"accuracy": ("macro_f1",), "f1": ("precision", "recall"), "loss": ("perplexity",)}
+
+
+def headline_line(results: dict[str, Any]) -> str | None:
+    """The run's headline figure in one line, on test (dev when there is no test split), e.g.
+    ``test accuracy 0.9556 (macro_f1 0.9562)``; None when no split was evaluated."""
+    splits = results.get("splits", {})
+    name = next((n for n in ("test", "dev") if n in splits), None)
+    if name is None:
+        return None
+    figures = {
+        k: v for k, v in splits[name]["headline"].items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    metric = results["metric"] if results["metric"] in figures else next(iter(figures), None)
+    if metric is None:
+        return None
+    others = [k for k in COMPANIONS.get(metric, ()) if k in figures]
+    others = others or [k for k in figures if k not in (metric, "loss")][:1]
+    extra = ", ".join(f"{k} {figures[k]:.4f}" for k in others)
+    return f"{name} {metric} {figures[metric]:.4f}" + (f" ({extra})" if extra else "")
 
 
 def _evaluate_at_start(model: AdaptedModel, dev: Split, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:

@@ -3,29 +3,53 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from adaptune.errors import AdaptuneError
+from adaptune.extras import as_missing_extra
 
 if TYPE_CHECKING:
+    from adaptune.api import TrainResult
     from adaptune.generation import GenerationConfig
     from adaptune.inference import Predictor
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapter fine-tuning of frozen transformers.")
 err_console = Console(stderr=True)
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 
 
 def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
+
+
+class _Commands(TyperGroup):
+    """adaptune's commands: one that reaches an optional module that is not installed (the server's fastapi,
+    gguf, datasets) ends with one line naming the extra to install (:mod:`adaptune.extras`), not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ImportError as err:
+            missing = as_missing_extra(err, f"adaptune {ctx.invoked_subcommand}")
+            if missing is None:
+                raise
+            _fail(missing)
+
+
+app = typer.Typer(
+    cls=_Commands, add_completion=False, no_args_is_help=True, help="Adapter fine-tuning of frozen transformers."
+)
 
 
 def _config_path(name: str) -> Path:
@@ -43,7 +67,11 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=3")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")] = False,
 ) -> None:
-    """Train an adapter, evaluate it on dev and test, and save it."""
+    """Train an adapter, evaluate it on dev and test, and save it.
+
+    The config keys, with types, defaults and help: adaptune config --schema (or the README's Configuration
+    table); adaptune config CONFIG --set ... shows the config a run would use; adaptune methods lists the methods.
+    """
     from adaptune.api import train as run_train
     from adaptune.config import load_config
 
@@ -55,17 +83,26 @@ def train(
         return
     for split in result.results["splits"].values():
         typer.echo((result.output_dir / split["files"]["table"]).read_text(encoding="utf-8"))
-    for note in result.notes:
-        typer.echo(f"note: {note}")
-    typer.echo(f"adapter: {result.adapter_dir}")
-    typer.echo(f"report:  {result.output_dir / 'results.json'} (tables, plots and predictions beside it)")
+    _echo_summary(result, "tables, plots and predictions")
+
+
+def _echo_summary(result: TrainResult, beside: str) -> None:
+    """The last lines of a run: the headline figure with the adapter, then the report (notes were warned of
+    before training and are in results.json)."""
+    from adaptune.api import headline_line
+
+    headline = headline_line(result.results)
+    typer.echo(f"{headline} | adapter: {result.adapter_dir}" if headline else f"adapter: {result.adapter_dir}")
+    typer.echo(f"report:  {result.output_dir / 'results.json'} ({beside} beside it)")
 
 
 @app.command("eval")
 def evaluate(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder.")],
     data: Annotated[Path, typer.Argument(help="Labelled data file (same format options as at training).")],
-    out: Annotated[Path | None, typer.Option(help="Folder for the report files.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the report: eval_<name>.json/.txt/.md for DATA <name>.<ext>.")
+    ] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="Override the data format.")] = None,
 ) -> None:
     """Evaluate an adapter on a labelled file: per-class (or entity-level) table, results JSON."""
@@ -83,9 +120,20 @@ def evaluate(
         return
     typer.echo(report_tables(result.report, data.name))
     if out is not None:
-        write_eval_report(out, "eval", str(data), result, predictor.task, examples, predictions, predictor.labels)
-        typer.echo(f"report: {out}")
+        name = _report_name(data)
+        summary = write_eval_report(
+            out, name, str(data), result, predictor.task, examples, predictions, predictor.labels
+        )
+        beside = ", ".join(f for key, f in summary["files"].items() if key != "json")
+        typer.echo(f"report: {out / summary['files']['json']} ({beside} beside it)")
     typer.echo(json.dumps(result.headline))
+
+
+def _report_name(data: Path) -> str:
+    """The split name in ``eval --out`` file names: the data file's name without its extension, so
+    ``test.conll`` gives ``eval_test.json``, the name a training run gives its test report."""
+    name = re.sub(r"[^\w.-]+", "_", Path(data.name).stem).strip("._")
+    return name or "eval"
 
 
 @app.command()
@@ -401,12 +449,80 @@ def demo(
         _fail(err)
         return
     typer.echo((result.output_dir / result.results["splits"]["test"]["files"]["table"]).read_text(encoding="utf-8"))
-    for note in result.notes:
-        typer.echo(f"note: {note}")
     for output in outputs:
         typer.echo(f"{output['label']:>16}  {output['score']:.3f}  {output['text']}")
-    typer.echo(f"adapter: {result.adapter_dir}")
-    typer.echo(f"report:  {result.output_dir / 'results.json'} (tables, confusion matrix, curves beside it)")
+    _echo_summary(result, "tables, confusion matrix, curves")
+
+
+class MethodsFormat(StrEnum):
+    """Output of ``adaptune methods``."""
+
+    table = "table"
+    json = "json"
+
+
+class DataFormat(StrEnum):
+    """Output of ``adaptune config``."""
+
+    json = "json"
+    yaml = "yaml"
+
+
+@app.command()
+def methods(
+    format_: Annotated[MethodsFormat, typer.Option("--format", help="A table, or JSON.")] = MethodsFormat.table,
+) -> None:
+    """List the registered methods: what each trains, its default learning rate, tasks, refused architectures."""
+    from adaptune.catalogue import dump, list_methods, methods_table
+
+    infos = list_methods()
+    if format_ is MethodsFormat.json:
+        sys.stdout.write(dump([info.as_dict() for info in infos], "json"))
+        return
+    console = Console()
+    console.print(methods_table(infos))
+    console.print(
+        "default LR: what training.learning_rate: null takes with the method's default config. "
+        "Each method's keys: adaptune config --schema.",
+        highlight=False,
+    )
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[
+        str | None, typer.Argument(help="YAML config file or bundled config name; none: the defaults.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=3")] = None,
+    schema: Annotated[
+        bool,
+        typer.Option(
+            "--schema",
+            help="Print the JSON schema of a run config instead: every key with its type, default and help, "
+            "the registered methods' and tasks' keys included.",
+        ),
+    ] = False,
+    format_: Annotated[
+        DataFormat | None, typer.Option("--format", help="json or yaml (default: json with --schema, else yaml).")
+    ] = None,
+) -> None:
+    """Show the run config that train would use, every default filled in; or, with --schema, every key there is."""
+    from adaptune.catalogue import config_schema, dump
+    from adaptune.config import load_config
+    from adaptune.errors import ConfigError
+
+    try:
+        if schema:
+            if config is not None or set_:
+                raise ConfigError("--schema describes every config: it takes no CONFIG and no --set")
+            data, fmt = config_schema(), format_ or DataFormat.json
+        else:
+            path = _config_path(config) if config is not None else None
+            data, fmt = load_config(path, set_ or []).model_dump(mode="json"), format_ or DataFormat.yaml
+    except AdaptuneError as err:
+        _fail(err)
+        return
+    sys.stdout.write(dump(data, fmt.value))
 
 
 @app.command()
@@ -427,7 +543,8 @@ def serve(
         bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
     ] = True,
 ) -> None:
-    """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs [server])."""
+    """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs the server
+    extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
     from adaptune.server import serve as run_server
     from adaptune.server.app import ServerSettings
 

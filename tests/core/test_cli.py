@@ -65,7 +65,7 @@ def test_eval_writes_report(ner_adapter: Path, bundled_data: Path, tmp_path: Pat
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["f1"] >= 0
-    assert (tmp_path / "report" / "eval_eval.json").is_file()
+    assert (tmp_path / "report" / "eval_test.json").is_file(), "named after the data file, as a training run names it"
 
 
 def test_config_error_is_a_message(tmp_path: Path) -> None:

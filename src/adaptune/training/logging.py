@@ -1,10 +1,11 @@
-"""Metrics log (JSONL, one record per log or evaluation) and the live progress bar."""
+"""Metrics log (JSONL, one record per log or evaluation), the live progress bar and the run's console lines."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,20 @@ class MetricsLog:
         self.records.append(record)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def say(console: Console, text: str, style: str | None = None) -> None:
+    """Print one line as written: no rich markup (``[UNK]`` stays), and, when the output is not a terminal (a
+    pipe, a log file), never wrapped, so a figure is never split from its name at rich's default 80 columns."""
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=not console.is_terminal)
+
+
+def warn_before_training(notes: Sequence[str]) -> None:
+    """Print what was found while reading the data (unknown-token share, truncation) before the first step, on
+    stderr; the notes are kept in the run's ``results.json`` as well."""
+    console = Console(stderr=True)
+    for note in notes:
+        say(console, f"warning: {note}", style="yellow")
 
 
 class ProgressBar:
@@ -70,8 +85,8 @@ class ProgressBar:
         self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", speed=f"{tokens_per_s:,.0f}")
         if self.enabled and not self.live and time.monotonic() - self.last_print > 30:
             self.last_print = time.monotonic()
-            self.console.print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s")
+            say(self.console, f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s")
 
-    def message(self, text: str) -> None:
+    def message(self, text: str, style: str | None = None) -> None:
         if self.enabled:
-            self.console.print(text)
+            say(self.console, text, style)

@@ -282,3 +282,16 @@ class Trainer:
             self.state.stopped_early = patience is not None and self.state.evals_without_gain >= patience
         shown = "  ".join(f"{k} {v:.4f}" for k, v in result.headline.items())
         bar.message(f"step {self.state.step}: dev {shown}" + ("  (best)" if improved else ""))
+        if self.state.stopped_early:
+            bar.message(self._early_stop_line(), style="bold")
+
+    def _early_stop_line(self) -> str:
+        """The console line announcing early stopping (``results.json`` records it as ``stopped_early``)."""
+        best = self.state.best_metric or 0.0
+        shown = -best if self.metric.endswith("loss") else best
+        evals = self.state.evals_without_gain
+        return (
+            f"early stopping at step {self.state.step} of {self.total_steps}: no dev {self.metric} gain in "
+            f"{evals} evaluation{'s' if evals != 1 else ''} (training.early_stopping_patience); keeping step "
+            f"{self.state.best_step} (dev {self.metric} {shown:.4f})"
+        )
