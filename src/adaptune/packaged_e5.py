@@ -27,6 +27,7 @@ a fine-tuned adapter learns its own task and adaptune does not add either (see t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -267,8 +268,16 @@ def cache_root() -> Path:
 
 
 def file_digest(path: Path) -> str:
+    """SHA-256 of ``path``, hashed once per process for a given size and modification time (every model load
+    resolves the hub id, and the file is 72 MB)."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -114,18 +114,17 @@ def test_cluener_spans_round_trip_through_bio(shared_data: Path, name: str) -> N
         assert decoded == file_spans(row) - CLUENER_DROPPED.get((name, line), set()), f"line {line}"
 
 
-def test_predict_splits_cluener_text_as_the_reader_does(shared_data: Path) -> None:
-    for name in ("train.json", "dev.json"):
-        examples = read_token_examples(shared_file(shared_data, "cluener2020", name))
-        assert letters_in_cjk_of(examples) == "characters"
-        for example in examples:
-            predicted = token_example_from_text(example.text, letters_in_cjk="characters")
-            assert (predicted.tokens, predicted.offsets) == (example.tokens, example.offsets), example.source
-
-
-def test_predict_splits_resume_text_as_the_bmes_files_do(shared_data: Path) -> None:
-    for name in ("train.char.bmes", "dev.char.bmes", "test.char.bmes"):
-        examples = read_token_examples(shared_file(shared_data, "resume_ner", name))
+@pytest.mark.parametrize(
+    ("folder", "names"),
+    [
+        ("cluener2020", ("train.json", "dev.json")),
+        ("resume_ner", ("train.char.bmes", "dev.char.bmes", "test.char.bmes")),
+    ],
+)
+def test_predict_splits_chinese_text_as_the_files_do(shared_data: Path, folder: str, names: tuple[str, ...]) -> None:
+    """CLUENER's reader and Resume's BMES files are per character: predict splits their text the same way."""
+    for name in names:
+        examples = read_token_examples(shared_file(shared_data, folder, name))
         assert letters_in_cjk_of(examples) == "characters"
         for example in examples:
             predicted = token_example_from_text(example.text, letters_in_cjk="characters")
