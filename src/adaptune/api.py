@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from adaptune import __version__
 from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import RunConfig
 from adaptune.errors import ConfigError, DataError
 from adaptune.evaluation.report import write_eval_report
 from adaptune.inference import Predictor, run_model
-from adaptune.io import save_adapter
+from adaptune.io import AdapterDescription, describe, save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
@@ -132,32 +131,17 @@ def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[E
     return result, out.predictions
 
 
-def _describe(cfg: RunConfig, model: AdaptedModel, prep: Prepared, metrics: dict[str, Any]) -> dict[str, Any]:
-    info = model.info
-    return {
-        "adaptune_version": __version__,
-        "method": model.method.config_for_file(),
-        "task": cfg.task.model_dump(mode="json"),
-        "task_state": model.task.learned_state(),
-        "labels": list(model.labels),
-        "base_model": {
-            "name_or_path": cfg.model.name_or_path,
-            "gguf_file": cfg.model.gguf_file,
-            "model_type": info.model_type,
-            "hidden_size": info.hidden_size,
-            "fingerprint": prep.base_fingerprint,
-        },
-        "pooling": info.pooling,
-        "max_length": prep.max_length,
-        "data": cfg.data.model_dump(mode="json", include=READ_OPTIONS),
-        "params": {
-            "trainable": sum(p.numel() for p in model.trainable()),
-            "method": sum(p.numel() for p in model.adapter_parameters().values()),
-            "head": sum(p.numel() for p in model.head.parameters()),
-            "base": prep.base_params,
-        },
-        "metrics": metrics,
-    }
+def _describe(cfg: RunConfig, model: AdaptedModel, prep: Prepared, metrics: dict[str, Any]) -> AdapterDescription:
+    return describe(
+        model,
+        name_or_path=cfg.model.name_or_path,
+        gguf_file=cfg.model.gguf_file,
+        base_fingerprint=prep.base_fingerprint,
+        base_params=prep.base_params,
+        max_length=prep.max_length,
+        data=cfg.data.model_dump(mode="json", include=READ_OPTIONS),
+        metrics=metrics,
+    )
 
 
 @dataclass

@@ -210,6 +210,28 @@ class TrainingConfig(StrictModel):
         return self
 
 
+class GenerationConfig(BaseModel):
+    """Decoding options (the same for the Python API, the CLI, the server and evaluation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens to generate per prompt.")
+    do_sample: bool = Field(False, description="Sample (temperature, top-k, top-p) instead of greedy argmax.")
+    temperature: float = Field(1.0, gt=0, le=100, description="Sampling: logits are divided by it.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this mass.")
+    top_k: int = Field(0, ge=0, description="Sampling: keep the k most likely tokens; 0 keeps all.")
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Tokens already in the prompt or the output get their logit divided by it when positive and "
+        "multiplied by it when negative (transformers' repetition_penalty; greedy decoding too); 1.0 is off, "
+        "1.1-1.3 curbs the loops of small models.",
+    )
+    stop: list[str] = Field(default_factory=list, description="Strings that end the generation (not included).")
+    seed: int | None = Field(None, description="Seed of the sampler; None uses torch's global generator.")
+
+
 class RunConfig(StrictModel):
     """Everything that defines one training run."""
 

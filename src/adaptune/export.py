@@ -46,6 +46,7 @@ from adaptune.inference import model_from_adapter
 from adaptune.io import atomic_write_json, load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
+from adaptune.registry import methods_with
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
@@ -87,8 +88,9 @@ def merge_and_unload(model: AdaptedModel) -> None:
     method = model.method
     if not isinstance(method, Mergeable):
         name = getattr(method.config, "name", type(method).__name__)
+        mergeable = ", ".join(methods_with(Mergeable))
         raise ConfigError(
-            f"method '{name}' cannot be merged into the base weights (mergeable: lora, ia3, bitfit, head); "
+            f"method '{name}' cannot be merged into the base weights (mergeable: {mergeable}); "
             "use the adapter folder with adaptune (Predictor.load) instead"
         )
     method.merge_and_unload(model.backbone)

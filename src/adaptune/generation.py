@@ -30,36 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from adaptune.data.chat import Message, prompt_ids, stop_token_ids, template_for
+from adaptune.config import GenerationConfig
+from adaptune.data.chat import Message, prompt_ids, stop_token_ids
 from adaptune.errors import ConfigError
-from adaptune.methods.virtual import positions_from_mask
 from adaptune.model import AdaptedModel
+from adaptune.positions import positions_from_mask
+from adaptune.tasks.base import chat_template
 
 Prompt = str | Sequence[Mapping[str, str]]
-
-
-class GenerationConfig(BaseModel):
-    """Decoding options (the same for the Python API, the CLI, the server and evaluation)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens to generate per prompt.")
-    do_sample: bool = Field(False, description="Sample (temperature, top-k, top-p) instead of greedy argmax.")
-    temperature: float = Field(1.0, gt=0, le=100, description="Sampling: logits are divided by it.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Sampling: keep the smallest set of tokens with this mass.")
-    top_k: int = Field(0, ge=0, description="Sampling: keep the k most likely tokens; 0 keeps all.")
-    repetition_penalty: float = Field(
-        1.0,
-        gt=0,
-        le=10,
-        description="Tokens already in the prompt or the output get their logit divided by it when positive and "
-        "multiplied by it when negative (transformers' repetition_penalty; greedy decoding too); 1.0 is off, "
-        "1.1-1.3 curbs the loops of small models.",
-    )
-    stop: list[str] = Field(default_factory=list, description="Strings that end the generation (not included).")
-    seed: int | None = Field(None, description="Seed of the sampler; None uses torch's global generator.")
 
 
 #: One request of :func:`generate_requests`: its prompts and its decoding options.
@@ -158,7 +137,7 @@ def _budget(model: AdaptedModel, ids: list[list[int]], config: GenerationConfig)
 
 
 def _template(model: AdaptedModel) -> str:
-    return template_for(model.info.tokenizer, getattr(model.task.config, "chat_template", None))
+    return chat_template(model.task, model.info.tokenizer)
 
 
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

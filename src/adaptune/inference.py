@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
-from adaptune.io import CONFIG_FILE, AdapterFile, load_adapter
+from adaptune.io import CONFIG_FILE, AdapterFile, check_base, load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
-from adaptune.registry import build_method, build_task
+from adaptune.registry import build_method, build_task, methods_with
 from adaptune.tasks.base import Encoded, EvalOutput
 
 
@@ -80,9 +80,8 @@ def merge_in_place(model: AdaptedModel) -> None:
     method = model.method
     if not isinstance(method, Mergeable):
         name = getattr(method.config, "name", type(method).__name__)
-        raise ConfigError(
-            f"method '{name}' cannot be merged into the base weights (mergeable: lora, ia3, bitfit, head)"
-        )
+        mergeable = ", ".join(methods_with(Mergeable))
+        raise ConfigError(f"method '{name}' cannot be merged into the base weights (mergeable: {mergeable})")
     method.merge(model.backbone)
 
 
@@ -126,7 +125,8 @@ class Predictor:
 
         ``merge=True`` folds a mergeable method (lora, ia3, bitfit, head) into the base weights with the method's
         explicit ``merge()``, so prediction runs the plain base model plus the head (same outputs to float
-        tolerance, no adapter cost per token); other methods are refused with a :class:`ConfigError`.
+        tolerance, no adapter cost per token); other methods are refused with a :class:`ConfigError` that lists
+        the mergeable ones (:class:`~adaptune.methods.base.Mergeable`).
         """
         adapter = load_adapter(path)
         model = model_from_adapter(adapter, base=base)
@@ -186,22 +186,14 @@ class Predictor:
             yield from stream(self.model, prompt, GenerationConfig.model_validate(config.model_dump()), chat=chat)
 
     def predict(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
-        """One JSON-ready prediction per input: label and scores, or entities with character offsets; a
-        generative task (causal_lm) generates (greedy, the task's generation settings)."""
-        if getattr(self.task, "generative", False):
-            return self._predict_generate(items)
+        """One JSON-ready prediction per input, as the task gives it (:meth:`Task.predict`): label and scores,
+        entities with character offsets, or a generated reply (a ``generate`` task, its generation settings)."""
         examples = self.examples(items)
-        if not examples:
-            return []
-        out = self._run(examples, with_labels=False, keep_logits=False)
-        return [self.task.to_output(ex, pred, self.labels) for ex, pred in zip(examples, out.predictions, strict=True)]
+        return self.task.predict(self, examples) if examples else []
 
-    def _predict_generate(self, items: Iterable[str | dict[str, Any]]) -> list[dict[str, Any]]:
-        examples = self.examples(items)
-        prompts = [[m.as_dict() for m in ex.messages] for ex in examples]
-        config = getattr(self.task.config, "generation", None)
-        outputs = self.generate(prompts, config) if prompts else []
-        return [{"messages": p, **asdict(g)} for p, g in zip(prompts, outputs, strict=True)]
+    def forward(self, examples: Sequence[Any]) -> list[Any]:
+        """The task's decoded predictions for unlabelled ``examples`` (the forward pass of :meth:`predict`)."""
+        return self._run(examples, with_labels=False, keep_logits=False).predictions
 
     def logits(self, items: Iterable[str | dict[str, Any]]) -> list[torch.Tensor]:
         """Raw logits per input: ``(num_labels,)`` for sequence tasks, ``(tokens, num_labels)`` for token tasks."""
@@ -246,13 +238,7 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
             f"adapter {adapter.path} needs its base model '{model_cfg.name_or_path}', which cannot be loaded "
             f"({err}); pass the base model's folder as base=..."
         ) from None
-    found = fingerprint(backbone.model)
-    if found != base_desc["fingerprint"]:
-        raise AdapterFileError(
-            f"adapter {adapter.path} was trained on base model '{base_desc['name_or_path']}' "
-            f"(fingerprint {base_desc['fingerprint']}), but '{model_cfg.name_or_path}' has different weights "
-            f"(fingerprint {found}); load it onto the base it was trained on"
-        )
+    check_base(desc, fingerprint(backbone.model), where=f"adapter {adapter.path}", this=f"'{model_cfg.name_or_path}'")
     model = build_model(backbone, run.method, run.task, adapter.labels)
     load_adapter_state(model, adapter)
     return model

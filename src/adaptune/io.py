@@ -15,14 +15,19 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from adaptune import __version__
 from adaptune.errors import AdapterFileError
+
+if TYPE_CHECKING:
+    from adaptune.model import AdaptedModel
 
 FORMAT_NAME = "adaptune-adapter"
 FORMAT_VERSION = 1
@@ -84,9 +89,14 @@ class AdapterFile:
         return list(self.config["labels"])
 
 
-def save_adapter(folder: str | Path, tensors: dict[str, torch.Tensor], description: dict[str, Any]) -> Path:
-    """Write an adapter folder; ``description`` becomes ``adapter_config.json`` (format fields are added)."""
+def save_adapter(
+    folder: str | Path, tensors: dict[str, torch.Tensor], description: AdapterDescription | dict[str, Any]
+) -> Path:
+    """Write an adapter folder; ``description`` (:func:`describe`) becomes ``adapter_config.json`` (format fields
+    are added)."""
     folder = Path(folder)
+    if isinstance(description, AdapterDescription):
+        description = description.as_json()
     blob = save_safetensors_bytes(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         metadata={"format": "pt"},
@@ -178,3 +188,119 @@ def load_adapter(folder: str | Path) -> AdapterFile:
     except SafetensorError as err:
         raise AdapterFileError(f"{weights_path} is not a valid safetensors file: {err}") from None
     return AdapterFile(folder, config, tensors)
+
+
+class BaseModelRecord(BaseModel):
+    """The base model an adapter was trained on: id or folder, GGUF file, type, width and weight fingerprint."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name_or_path: str
+    gguf_file: str | None = None
+    model_type: str | None = None
+    hidden_size: int | None = None
+    fingerprint: str
+
+
+class ParamCounts(BaseModel):
+    """Parameter counts recorded with an adapter: trained (method + head), method, head, and the frozen base."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trainable: int
+    method: int
+    head: int
+    base: int
+
+
+class AdapterDescription(BaseModel):
+    """What ``adapter_config.json`` says about an adapter, besides the format and weights fields that
+    :func:`save_adapter` adds: written by training, import and stacking through :func:`describe`, read by the
+    predictor and the server, which check the base with :func:`check_base`. Extra fields are kept (an import
+    records where it came from)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adaptune_version: str
+    method: dict[str, Any]
+    task: dict[str, Any]
+    task_state: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str]
+    base_model: BaseModelRecord
+    pooling: str
+    max_length: int
+    data: dict[str, Any] = Field(default_factory=dict)
+    params: ParamCounts
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The description as the JSON object the adapter file stores."""
+        return self.model_dump(mode="json")
+
+
+def describe(
+    model: AdaptedModel,
+    *,
+    name_or_path: str,
+    base_fingerprint: str,
+    base_params: int,
+    max_length: int,
+    data: dict[str, Any],
+    gguf_file: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> AdapterDescription:
+    """The description of ``model`` (an :class:`~adaptune.model.AdaptedModel`) on the base ``name_or_path``:
+    the method as it records itself (``config_for_file``: a stack names its members' sources), the task config and
+    learned state, labels, base, pooling, ``max_length``, the data reading options and the parameter counts."""
+    info = model.info
+    return AdapterDescription(
+        adaptune_version=__version__,
+        method=model.method.config_for_file(),
+        task=model.task.config.model_dump(mode="json"),
+        task_state=model.task.learned_state(),
+        labels=list(model.labels),
+        base_model=BaseModelRecord(
+            name_or_path=name_or_path,
+            gguf_file=gguf_file,
+            model_type=info.model_type,
+            hidden_size=info.hidden_size,
+            fingerprint=base_fingerprint,
+        ),
+        pooling=info.pooling,
+        max_length=max_length,
+        data=data,
+        params=ParamCounts(
+            trainable=sum(p.numel() for p in model.trainable()),
+            method=sum(p.numel() for p in model.adapter_parameters().values()),
+            head=sum(p.numel() for p in model.head.parameters()),
+            base=base_params,
+        ),
+        metrics=metrics or {},
+        **extra,
+    )
+
+
+class BaseMismatch(AdapterFileError):
+    """An adapter recorded for other base weights than the model it is put on."""
+
+
+def check_base(
+    description: dict[str, Any] | AdapterDescription,
+    found: str,
+    *,
+    where: str,
+    this: str = "this model",
+    advice: str = "load it onto the base it was trained on",
+) -> None:
+    """Raise :class:`BaseMismatch` unless the adapter described by ``description`` was trained on base weights
+    with fingerprint ``found`` (:func:`adaptune.backbone.fingerprint`). ``where`` names the adapter, ``this`` the
+    model it is put on, ``advice`` what to do instead."""
+    base = description.base_model if isinstance(description, AdapterDescription) else None
+    recorded = base.fingerprint if base else description["base_model"]["fingerprint"]  # type: ignore[index]
+    name = base.name_or_path if base else description["base_model"]["name_or_path"]  # type: ignore[index]
+    if recorded != found:
+        raise BaseMismatch(
+            f"{where} was trained on base model '{name}' (fingerprint {recorded}), not on this model: {this} has "
+            f"different weights (fingerprint {found}); {advice}"
+        )

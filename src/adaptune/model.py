@@ -11,8 +11,8 @@ from torch import nn
 from adaptune.backbone import Backbone
 from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, Method
-from adaptune.methods.virtual import positions_from_mask
 from adaptune.padding_free import packed_forward, worth_packing
+from adaptune.positions import positions_from_mask
 from adaptune.tasks.base import Task
 
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

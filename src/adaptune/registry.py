@@ -101,3 +101,12 @@ def build_method(config: BaseModel) -> Method:
 def build_task(config: BaseModel) -> Task:
     """Instantiate the task that ``config`` (a registered task config) describes."""
     return task_registration(config.name).factory(config)  # type: ignore[attr-defined,no-any-return]
+
+
+def methods_with(capability: type) -> list[str]:
+    """Names of the registered methods whose class declares ``capability`` (a runtime-checkable Protocol of
+    methods only, e.g. :class:`~adaptune.methods.base.Mergeable`), sorted: for messages that list methods."""
+    _load_builtins()
+    return sorted(
+        name for name, reg in _METHODS.items() if isinstance(reg.factory, type) and issubclass(reg.factory, capability)
+    )

@@ -24,10 +24,10 @@ from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.generation import GenerationConfig, generate
 from adaptune.inference import build_model
 from adaptune.io import load_adapter, save_adapter
-from adaptune.methods.virtual import positions_from_mask
 from adaptune.model import AdaptedModel
 from adaptune.peft_interop import export_peft, import_peft
 from adaptune.peft_interop.importer import describe_adapter
+from adaptune.positions import positions_from_mask
 from decoders.lm_tools import CHATML, make_tiny_causal_llama, randomise_adapter
 from method_checks import randomise
 from tiny import minilm_dir

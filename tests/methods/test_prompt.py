@@ -12,8 +12,8 @@ from adaptune import Predictor
 from adaptune.config import validate_config
 from adaptune.errors import ConfigError
 from adaptune.methods.prompt import PromptTuning, vocabulary_candidates
-from adaptune.methods.virtual import position_limit
 from adaptune.model import AdaptedModel
+from adaptune.positions import position_limit
 from adaptune.registry import build_method, build_task
 from method_checks import HAS_PEFT, Run, assert_only_owned_changed, assert_round_trip, backbone, peft_model, train_tiny
 from tiny import make_tiny_gpt2

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from adaptune.config import MethodConfig
+from adaptune.config import MethodConfig, TrainingConfig
 from adaptune.targets import Anatomy
 
 if TYPE_CHECKING:
@@ -82,6 +82,11 @@ class Method(ABC):
     #: so that tools and the shared method x task test matrix know without trying. Empty: every architecture
     #: (tasks need no declaration: methods and tasks are orthogonal, every method serves every task).
     unsupported_model_types: frozenset[str] = frozenset()
+
+    #: Declared: :meth:`prepare_inputs` changes the backbone inputs (prompt and prefix tuning, a stack holding
+    #: one). Such a method reaches every block from the input, so no bottom block is ever frozen (training's
+    #: activation cache) and rows of other adapters cannot share its forward pass. See :class:`InputHook`.
+    changes_inputs: bool = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -185,6 +190,65 @@ class Method(ABC):
             return fn(args[0], output)
 
         self._injections.append(Injection(host, attr, host.register_forward_hook(hook)))
+
+
+@runtime_checkable
+class InputHook(Protocol):
+    """A method that changes the backbone inputs (prompt and prefix tuning): ``changes_inputs`` is True and
+    :meth:`Method.prepare_inputs` returns the changed inputs (virtual tokens, key/value prefixes)."""
+
+    changes_inputs: bool
+
+    def prepare_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> InputPrep: ...
+
+
+def changes_inputs(method: Method) -> bool:
+    """Whether ``method`` declares that it changes the inputs (:attr:`Method.changes_inputs`)."""
+    return bool(method.changes_inputs)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Owned parameters (names as :meth:`Method.owned_parameters` gives them) that train at ``lr_scale`` times
+    the run's learning rate, e.g. LoRA+'s B matrices (Hayou et al. 2024)."""
+
+    names: tuple[str, ...]
+    lr_scale: float = 1.0
+    #: What the group is, for messages and the optimiser's records (``"lora_b"``).
+    label: str = ""
+
+
+@runtime_checkable
+class ParamGroups(Protocol):
+    """A method that asks for optimiser groups of its own, from the training config (LoRA owns LoRA+:
+    ``training.loraplus_lr_ratio``). Parameters in no group train at the run's rate."""
+
+    def param_groups(self, model: nn.Module, training: TrainingConfig) -> list[ParamGroup]: ...
+
+
+@runtime_checkable
+class PerRowBatched(Protocol):
+    """A method whose change the server can apply **per row** on one shared base model (plain LoRA, bottleneck,
+    head-only), so that rows of many adapters share one forward pass.
+
+    ``per_row_parts(model)`` returns the method's attached modules as :class:`PerRowPart` (one per adapted host
+    module, named as in ``model``; an empty list when nothing but the head changes), or None when this instance
+    has no per-row form (DoRA, a merged LoRA). Each part's ``kernel`` is the multi-adapter layer class that stacks
+    many adapters' parts at one host; it lives beside the method (``methods/lora.py``, ``methods/bottleneck.py``)
+    and follows :class:`adaptune.per_row.PerRowKernel`.
+    """
+
+    def per_row_parts(self, model: nn.Module) -> list[PerRowPart] | None: ...
+
+
+@dataclass(frozen=True)
+class PerRowPart:
+    """One adapted host module of a per-row method: ``host`` (its name in the base model), the ``module`` the
+    method attached there, and the multi-adapter ``kernel`` class that serves it per row."""
+
+    host: str
+    module: nn.Module
+    kernel: type
 
 
 @runtime_checkable

@@ -30,9 +30,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from adaptune.config import MethodConfig
+from adaptune.config import MethodConfig, TrainingConfig
 from adaptune.errors import ConfigError
-from adaptune.methods.base import AttachContext, Method
+from adaptune.methods.base import AttachContext, Method, ParamGroup
 from adaptune.methods.linear import bias_of, linear_shape, weight_out_in
 from adaptune.registry import register_method
 from adaptune.targets import Role, select_targets
@@ -226,6 +226,15 @@ class LoRAMethod(Method):
 
     def _pairs(self) -> list[tuple[LoRA, nn.Module]]:
         return [(getattr(inj.host, inj.attr), inj.host) for inj in self._injections]
+
+    def param_groups(self, model: nn.Module, training: TrainingConfig) -> list[ParamGroup]:
+        """LoRA+ (Hayou et al. 2024, ``training.loraplus_lr_ratio``): the B matrices learn at the ratio times
+        the run's rate; no group without it."""
+        ratio = training.loraplus_lr_ratio
+        if ratio is None:
+            return []
+        names = tuple(n for n in self.owned_parameters(model) if n.endswith(".lora_b.weight"))
+        return [ParamGroup(names, float(ratio), "lora_b")]
 
     def merge(self, model: nn.Module) -> None:
         """Fold every update into its base weight; the hooks then add nothing. Explicit, for inference/export."""

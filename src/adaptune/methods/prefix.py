@@ -37,7 +37,7 @@ text, so their positions stay ``0..T-1`` (peft instead lets such encoders shift 
 cache length; an exported BERT prefix adapter therefore gives other logits in peft). Causal decoders continue
 after the prefix, ``n..n+T-1`` as in the paper's GPT-2 code, peft and transformers' generation with a prefilled
 cache; the position ids are counted from the attention mask, so left padding does not shift them (see
-:mod:`adaptune.methods.virtual`).
+:mod:`adaptune.positions`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from adaptune import prefix_attention
 from adaptune.config import MethodConfig
 from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, InputPrep, Method
-from adaptune.methods.virtual import check_positions, position_limit, positions_from_mask
+from adaptune.positions import check_positions, position_limit, positions_from_mask
 from adaptune.registry import register_method
 
 #: Name of the prefix module on the backbone; its tensors are saved as ``adapter.prefix.<name>``.
@@ -121,6 +121,7 @@ class PrefixTuning(Method):
     # MLP one step moves P by about lr * h * E|tanh| (every W_2 row moves together), so the default MLP gets 1e-3
     # (Li & Liang used 5e-5 on far larger models). The head shares the rate. Not yet swept.
     default_learning_rate = 1e-3
+    changes_inputs = True
     config: PrefixConfig
 
     def __init__(self, config: PrefixConfig) -> None:

@@ -19,7 +19,7 @@ pooling and token tasks use the batch's own attention mask, left padding include
 Positions. Encoders number the ``n + T`` positions themselves: the prompt takes positions ``0..n-1`` and the text
 starts at ``n`` (as in peft), so inputs must fit in the position table minus ``n``; longer ones raise a
 :class:`~adaptune.errors.ConfigError` naming ``data.max_length``. Causal decoders get position ids counted from the
-extended mask (see :mod:`adaptune.methods.virtual`): a left-padded row ``[P, pad, pad, x]`` numbers ``x`` from
+extended mask (see :mod:`adaptune.positions`): a left-padded row ``[P, pad, pad, x]`` numbers ``x`` from
 ``n`` just like ``[P, x]``, so batching does not change the outputs.
 """
 
@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from adaptune.config import MethodConfig
 from adaptune.errors import ConfigError
 from adaptune.methods.base import AttachContext, InputPrep, Method
-from adaptune.methods.virtual import check_positions, position_limit, positions_from_mask
+from adaptune.positions import check_positions, position_limit, positions_from_mask
 from adaptune.registry import register_method
 
 #: Name of the prompt module on the backbone; its tensor is saved as ``adapter.prompt.weight``.
@@ -139,6 +139,7 @@ class PromptTuning(Method):
     # Lester et al. used 0.3 with Adafactor, whose steps scale with the parameters' RMS: about 0.3 * 0.056 = 1.7e-2
     # for MiniLM's word embeddings; peft's prompt-tuning examples use 3e-2 with AdamW. Not yet swept.
     default_learning_rate = 3e-2
+    changes_inputs = True
     config: PromptConfig
 
     def __init__(self, config: PromptConfig) -> None:

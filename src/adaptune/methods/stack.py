@@ -40,10 +40,10 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 from torch import nn
 
 from adaptune.backbone import fingerprint
-from adaptune.config import MethodConfig, StrictModel, _describe_validation
+from adaptune.config import MethodConfig, StrictModel, TrainingConfig, _describe_validation
 from adaptune.errors import AdapterFileError, ConfigError
-from adaptune.io import load_adapter, read_adapter_config
-from adaptune.methods.base import AttachContext, InputPrep, Method
+from adaptune.io import BaseMismatch, check_base, load_adapter, read_adapter_config
+from adaptune.methods.base import AttachContext, InputPrep, Method, ParamGroup, ParamGroups
 from adaptune.registry import build_method, method_registration, register_method
 
 #: Learning rate when no member trains (only the task head does): the ``head`` method's default.
@@ -137,10 +137,6 @@ class StackConfig(MethodConfig):
         return self
 
 
-def _changes_inputs(method: Method) -> bool:
-    return type(method).prepare_inputs is not Method.prepare_inputs
-
-
 @register_method("stack", StackConfig)
 class Stack(Method):
     """Several adapters on one base (e.g. a frozen language adapter under a task adapter), saved as one."""
@@ -154,12 +150,13 @@ class Stack(Method):
             method = build_method(member.method)
             method.attr_suffix = member.name
             self.members.append((member, method))
-        hooks = [m.name for m, method in self.members if _changes_inputs(method)]
+        hooks = [m.name for m, method in self.members if method.changes_inputs]
         if len(hooks) > 1:
             raise ConfigError(f"stack members {hooks} all change the inputs (prompt/prefix); at most one may")
         rates = [method.default_learning_rate for member, method in self.members if member.trainable]
         self.default_learning_rate = min(rates) if rates else HEAD_ONLY_LEARNING_RATE
         self.unsupported_model_types = frozenset().union(*(m.unsupported_model_types for _, m in self.members))
+        self.changes_inputs = bool(hooks)
         self._sources: dict[str, MemberSource] = {}
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> None:
@@ -198,10 +195,20 @@ class Stack(Method):
         """The frozen members' parameters, as ``<member>.<name>``: stored in the adapter file, never trained."""
         return self._parameters(model, trainable=False)
 
+    def param_groups(self, model: nn.Module, training: TrainingConfig) -> list[ParamGroup]:
+        """The trainable members' own groups (LoRA+ on a LoRA member), names as ``<member>.<name>``."""
+        groups = []
+        for member, method in self.members:
+            if member.trainable and isinstance(method, ParamGroups):
+                for group in method.param_groups(model, training):
+                    names = tuple(f"{member.name}.{name}" for name in group.names)
+                    groups.append(ParamGroup(names, group.lr_scale, group.label))
+        return groups
+
     def prepare_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> InputPrep:
         """The input hook of the one member that has one (prompt or prefix), else the inputs unchanged."""
         for _member, method in self.members:
-            if _changes_inputs(method):
+            if method.changes_inputs:
                 return method.prepare_inputs(model, inputs)
         return InputPrep(inputs)
 
@@ -226,12 +233,12 @@ def load_member(member: StackMember, method: Method, model: nn.Module, base_fing
     assert member.adapter is not None
     adapter = load_adapter(member.adapter)
     where = f"stack member '{member.name}': adapter {member.adapter}"
-    found = adapter.config["base_model"]["fingerprint"]
-    if found != base_fingerprint:
-        raise ConfigError(
-            f"{where} was trained on base model '{adapter.config['base_model']['name_or_path']}' (fingerprint "
-            f"{found}), not on this model (fingerprint {base_fingerprint})"
+    try:
+        check_base(
+            adapter.config, base_fingerprint, where=where, this="the stack's base", advice="stack adapters of one base"
         )
+    except BaseMismatch as err:
+        raise ConfigError(str(err)) from None
     theirs = method_config(adapter.config["method"], f"{member.adapter}: method")
     if _dump(theirs) != _dump(member.method):
         raise ConfigError(f"{where} has method config {_dump(theirs)}, the member says {_dump(member.method)}")

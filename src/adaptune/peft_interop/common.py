@@ -35,7 +35,7 @@ LM_TASK = "causal_lm"
 #: ``base_model.`` instead of ``base_model.model.``
 PROMPT_LEARNING_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING"}
 #: why peft's outputs differ from adaptune's for prompt or prefix tuning on a decoder (adaptune numbers positions
-#: from the attention mask, :mod:`adaptune.methods.virtual`)
+#: from the attention mask, :mod:`adaptune.positions`)
 DECODER_POSITIONS = "peft numbers positions 0..n+T-1 whatever the padding: equal outputs for unpadded inputs only"
 LM_PREFIX_POSITIONS = (
     "peft numbers the text after the prefix n..n+T-1 whatever the padding unless it is given position_ids (recent "

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from adaptune.data.chat import stop_token_ids, template_for
+from adaptune.data.chat import stop_token_ids
 from adaptune.errors import ConfigError
 from adaptune.inference import model_from_adapter
 from adaptune.io import atomic_write_json, load_adapter
@@ -34,6 +34,7 @@ from adaptune.peft_interop.common import (
     head_prefix,
     write_folder,
 )
+from adaptune.tasks.base import chat_template
 
 PROMPT_LEARNING = {"prompt", "prefix"}
 _LORA_NAMES = {"lora_a.weight": "lora_A.weight", "lora_b.weight": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
@@ -257,7 +258,7 @@ def _load_with(model: AdaptedModel, head: HfHead) -> dict[str, Any]:
     pad = tokenizer.pad_token_id
     load = {"auto_class": head.auto_class, "peft_class": "PeftModel", "pad_token_id": pad}
     if head.module is None:
-        template = template_for(tokenizer, getattr(model.task.config, "chat_template", None))
+        template = chat_template(model.task, tokenizer)
         load["python"] = f"PeftModel.from_pretrained({head.auto_class}.from_pretrained(base), out)"
         return {**load, "chat_template": template, "eos_token_id": sorted(stop_token_ids(tokenizer, template))}
     labels = list(model.labels)

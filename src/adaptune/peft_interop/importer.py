@@ -12,14 +12,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from adaptune import __version__
 from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import DataConfig, ModelConfig, validate_config
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.evaluation.tagging import detect_scheme, normalise_scheme
 from adaptune.inference import build_model
-from adaptune.io import save_adapter
-from adaptune.methods.virtual import position_limit
+from adaptune.io import check_base, describe, save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.peft_interop.common import (
     DECODER_POSITIONS,
@@ -34,6 +32,7 @@ from adaptune.peft_interop.common import (
     read_sidecar,
     write_folder,
 )
+from adaptune.positions import position_limit
 
 #: peft config values adaptune's methods have no equivalent for (key -> the only importable value)
 _LORA_UNSUPPORTED: dict[str, Any] = {
@@ -323,32 +322,15 @@ def describe_adapter(
     """The adapter file's description (as :func:`adaptune.api.train` writes it) for a model built outside a run."""
     from adaptune.api import READ_OPTIONS
 
-    info = model.info
-    return {
-        "adaptune_version": __version__,
-        "method": model.method.config.model_dump(mode="json"),
-        "task": model.task.config.model_dump(mode="json"),
-        "task_state": model.task.learned_state(),
-        "labels": list(model.labels),
-        "base_model": {
-            "name_or_path": name_or_path,
-            "gguf_file": None,
-            "model_type": info.model_type,
-            "hidden_size": info.hidden_size,
-            "fingerprint": base_fingerprint,
-        },
-        "pooling": info.pooling,
-        "max_length": max_length,
-        "data": data if data is not None else DataConfig().model_dump(mode="json", include=READ_OPTIONS),
-        "params": {
-            "trainable": sum(p.numel() for p in model.trainable()),
-            "method": sum(p.numel() for p in model.adapter_parameters().values()),
-            "head": sum(p.numel() for p in model.head.parameters()),
-            "base": base_params,
-        },
-        "metrics": {},
+    return describe(
+        model,
+        name_or_path=name_or_path,
+        base_fingerprint=base_fingerprint,
+        base_params=base_params,
+        max_length=max_length,
+        data=data if data is not None else DataConfig().model_dump(mode="json", include=READ_OPTIONS),
         **(extra or {}),
-    }
+    ).as_json()
 
 
 def _max_length(backbone: Backbone, model: AdaptedModel) -> int:
@@ -372,11 +354,9 @@ def _load_base(name: str | None, sidecar: dict[str, Any] | None) -> tuple[Backbo
     except ConfigError as err:
         raise ConfigError(f"cannot load the peft adapter's base model: {err}; give base=... (--base)") from None
     found = fingerprint(backbone.model)
-    expected = sidecar["adapter"]["base_model"]["fingerprint"] if sidecar else found
-    if found != expected:
-        raise AdapterFileError(
-            f"the adapter was exported from a base model with fingerprint {expected}, but '{name}' has "
-            f"different weights (fingerprint {found}); import it onto the base it was trained on"
+    if sidecar:  # an adaptune export records its base; a plain peft folder does not
+        check_base(
+            sidecar["adapter"], found, where="the exported adapter", this=f"'{name}'", advice="import it onto that base"
         )
     return backbone, name, found
 

@@ -27,7 +27,7 @@ from adaptune.backbone import Backbone
 from adaptune.config import validate_config
 from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.inference import load_adapter_state
-from adaptune.io import CONFIG_FILE, AdapterFile, load_adapter, read_adapter_config
+from adaptune.io import CONFIG_FILE, AdapterFile, BaseMismatch, check_base, load_adapter, read_adapter_config
 from adaptune.methods.bottleneck import BottleneckAdapter
 from adaptune.methods.lora import LoRA
 from adaptune.model import AdaptedModel
@@ -137,12 +137,12 @@ def read_compatible(path: Path, base_fingerprint: str) -> dict[str, Any]:
         config = read_adapter_config(path)
     except AdapterFileError as err:
         raise AdapterRefused(str(err)) from None
-    found = config["base_model"]["fingerprint"]
-    if found != base_fingerprint:
-        raise AdapterRefused(
-            f"trained on base '{config['base_model']['name_or_path']}' (fingerprint {found}); this server's base has "
-            f"fingerprint {base_fingerprint}"
+    try:
+        check_base(
+            config, base_fingerprint, where="the adapter", this="this server's base", advice="serve it on its base"
         )
+    except BaseMismatch as err:
+        raise AdapterRefused(str(err)) from None
     return config
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.chat import template_for
 from adaptune.errors import DataError
 
 E = TypeVar("E")  # the task's example type
@@ -53,11 +54,56 @@ class EvalOutput:
     headline: dict[str, float] = field(default_factory=dict)
 
 
+#: What a task's predictions are, which is what the CLI, the Predictor and the server route on (never the task's
+#: name): ``classify`` (a label per input: ``/v1/classify``), ``tag`` (labelled spans: ``/v1/tag``),
+#: ``generate`` (text: ``/v1/generate`` and the OpenAI routes; prediction generates, rows are never batched by the
+#: forward batcher). New kinds join this list with the tasks that introduce them.
+TaskKind = Literal["classify", "tag", "generate"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+
+
+class PredictContext(Protocol):
+    """What :meth:`Task.predict` may use of the model it predicts with (the :class:`~adaptune.inference.Predictor`
+    provides it): the label names, a batched forward pass and generation."""
+
+    labels: Sequence[str]
+
+    def forward(self, examples: Sequence[Any]) -> list[Any]:
+        """The task's decoded predictions (label-id space) for unlabelled examples, in input order."""
+        ...
+
+    def generate(self, prompts: Sequence[Any], config: Any) -> list[Any]:
+        """Generations (:class:`~adaptune.generation.Generation`) for chat prompts with ``config``."""
+        ...
+
+
+@runtime_checkable
+class ChatTemplated(Protocol):
+    """A task that renders its examples with a chat template (the causal LM task): generation, the server and
+    the peft export ask it for the template it trained with."""
+
+    def template(self, tokenizer: PreTrainedTokenizerBase) -> str: ...
+
+
+def chat_template(task: Any, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The chat template ``task`` renders with (:class:`ChatTemplated`), else the tokenizer's own (or the
+    generic one, :func:`adaptune.data.chat.template_for`)."""
+    return task.template(tokenizer) if isinstance(task, ChatTemplated) else template_for(tokenizer, None)
+
+
 class Task(ABC, Generic[E]):
     """Base of every task. Subclasses register with ``@register_task(name, ConfigClass)``."""
 
     #: Metric used for model selection when training.metric is "auto".
     default_metric: str = "accuracy"
+    #: What the task predicts (:data:`TaskKind`); declared by every task.
+    kind: TaskKind = "classify"
+
+    def predict(self, ctx: PredictContext, examples: Sequence[E]) -> list[dict[str, Any]]:
+        """One JSON-ready prediction per unlabelled example (what ``adaptune predict``, ``Predictor.predict``
+        and the server answer). Default: a forward pass, then :meth:`to_output`; generative tasks generate."""
+        predictions = ctx.forward(examples)
+        return [self.to_output(ex, pred, ctx.labels) for ex, pred in zip(examples, predictions, strict=True)]
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,14 +36,13 @@ from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from adaptune.config import DataConfig, TaskConfig
+from adaptune.config import DataConfig, GenerationConfig, TaskConfig
 from adaptune.data.chat import ChatExample, Message, chat_from_row, prompt_ids, template_for, tokenize_conversation
 from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl_rows
 from adaptune.data.formats.source import Location, Row, read_text_file
 from adaptune.errors import ConfigError, DataError
-from adaptune.generation import GenerationConfig
 from adaptune.registry import register_task
-from adaptune.tasks.base import Encoded, EvalOutput, Task
+from adaptune.tasks.base import Encoded, EvalOutput, PredictContext, Task
 from adaptune.tasks.pooling import pool
 
 IGNORE = -100
@@ -186,8 +185,7 @@ class CausalLM(Task[ChatExample]):
     config: CausalLMConfig
     default_metric = "loss"
     label_field = "output"
-    #: Predictor.predict generates for this task.
-    generative = True
+    kind = "generate"
 
     def __init__(self, config: CausalLMConfig) -> None:
         super().__init__(config)
@@ -252,7 +250,14 @@ class CausalLM(Task[ChatExample]):
         return Encoded(ids, target=_next_token_targets(ids, trained), truncated=dropped > 0, dropped_tokens=dropped)
 
     def template(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The chat template of ``task.chat_template``, else the tokenizer's (:class:`ChatTemplated`)."""
         return template_for(tokenizer, self.config.chat_template)
+
+    def predict(self, ctx: PredictContext, examples: Sequence[ChatExample]) -> list[dict[str, Any]]:
+        """Generate a reply to each prompt with ``task.generation`` (greedy by default)."""
+        prompts = [[m.as_dict() for m in ex.messages] for ex in examples]
+        outputs = ctx.generate(prompts, self.config.generation) if prompts else []
+        return [{"messages": p, **asdict(g)} for p, g in zip(prompts, outputs, strict=True)]
 
     def truncation_note(self, split: str, encoded: Sequence[Encoded], max_length: int) -> str | None:
         note = super().truncation_note(split, encoded, max_length)

@@ -52,6 +52,7 @@ class SequenceClassification(Task[TextExample]):
 
     config: SeqClsConfig
     default_metric = "accuracy"
+    kind = "classify"
 
     def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TextExample]:
         hf_split = getattr(data, f"hf_split_{split}", None)

@@ -177,6 +177,7 @@ class TokenClassification(Task[TokenExample]):
 
     config: TokenClsConfig
     default_metric = "f1"
+    kind = "tag"
 
     def __init__(self, config: TokenClsConfig) -> None:
         super().__init__(config)

@@ -39,18 +39,12 @@ from torch import nn
 from adaptune import fast_dropout
 from adaptune.config import TrainingConfig
 from adaptune.errors import ConfigError
-from adaptune.methods.base import Method
+from adaptune.methods.base import changes_inputs
 from adaptune.model import AdaptedModel
 from adaptune.targets import transformer_blocks
 from adaptune.training.memory import trim_freed_memory
 
 CACHE_FILE = "activation_cache.bin"
-
-
-def changes_inputs(method: Method) -> bool:
-    """True for methods with an input hook (prompt, prefix, stacks): they reach every block, so no prefix of
-    the backbone is frozen."""
-    return type(method).prepare_inputs is not Method.prepare_inputs
 
 
 def frozen_depth(model: AdaptedModel) -> int:
