@@ -87,6 +87,7 @@ def run_adaptune(plan: Plan, method: str, precision: str, switches: dict[str, An
     from adaptune.model import AdaptedModel
     from adaptune.registry import build_method, build_task
     from adaptune.tasks.base import Encoded
+    from adaptune.training.callbacks import Callback
     from adaptune.training.loop import Trainer
 
     work = tempfile.mkdtemp(prefix="adaptune-speed-")
@@ -101,14 +102,17 @@ def run_adaptune(plan: Plan, method: str, precision: str, switches: dict[str, An
         assert made == batches, "adaptune's batches must be the plan's"
     out = Measured()
 
-    class TimedTrainer(Trainer):
-        def _epoch(self, log: Any, bar: Any) -> None:
-            tokens, seconds = self.train_tokens, self.train_seconds
-            super()._epoch(log, bar)
-            out.epoch_seconds.append(self.train_seconds - seconds)
-            out.epoch_tokens.append(self.train_tokens - tokens)
+    class EpochTiming(Callback):
+        """Each epoch's compute seconds and real tokens (evaluation and checkpoints excluded)."""
 
-    trainer = TimedTrainer(
+        def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+            self.tokens, self.seconds = trainer.train_tokens, trainer.train_seconds
+
+        def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+            out.epoch_seconds.append(trainer.train_seconds - self.seconds)
+            out.epoch_tokens.append(trainer.train_tokens - self.tokens)
+
+    trainer = Trainer(
         model,
         train,
         cfg,
@@ -117,6 +121,7 @@ def run_adaptune(plan: Plan, method: str, precision: str, switches: dict[str, An
         metric="accuracy",
         pad_id=plan.pad_id,
         padding_side="right",
+        callbacks=[EpochTiming()],
     )
     trainer.fit()
     measure_after_training(model, plan, method, Path(work), out, bf16=cfg.training.bf16)

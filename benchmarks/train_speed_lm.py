@@ -116,6 +116,7 @@ def worker_adaptune(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     from adaptune.io import save_adapter
     from adaptune.model import AdaptedModel
     from adaptune.registry import build_method, build_task
+    from adaptune.training.callbacks import Callback, StepRecord
     from adaptune.training.loop import Trainer
 
     work = tempfile.mkdtemp(prefix="adaptune-lm-speed-")
@@ -128,19 +129,27 @@ def worker_adaptune(args: argparse.Namespace, precision: str) -> dict[str, Any]:
 
     steps: list[tuple[float, int]] = []
 
-    class TimedTrainer(Trainer):
-        def _epoch(self, log: Any, bar: Any) -> None:
-            super()._epoch(log, bar)
-            timed["seconds"], timed["tokens"] = self.train_seconds, self.train_tokens
+    class Timing(Callback):
+        """Each optimiser step's compute seconds and real tokens; the run's totals after each epoch."""
 
-        def _account(self, window: Any) -> None:  # log_every 1: one window per optimiser step
-            super()._account(window)
-            if window.tokens:
-                steps.append((window.seconds, window.tokens))
+        def on_step_end(self, trainer: Trainer, step: StepRecord) -> None:
+            if step.tokens:
+                steps.append((step.seconds, step.tokens))
+
+        def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+            timed["seconds"], timed["tokens"] = trainer.train_seconds, trainer.train_tokens
 
     pad = int(backbone.tokenizer.pad_token_id)
-    trainer = TimedTrainer(
-        model, train, cfg, out_dir=Path(work), evaluate=None, metric="loss", pad_id=pad, padding_side="right"
+    trainer = Trainer(
+        model,
+        train,
+        cfg,
+        out_dir=Path(work),
+        evaluate=None,
+        metric="loss",
+        pad_id=pad,
+        padding_side="right",
+        callbacks=[Timing()],
     )
     trainer.fit()
     adapter = save_adapter(Path(work) / "adapter", model.trainable_state(), {"method": model.method.config_for_file()})

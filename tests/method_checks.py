@@ -1,5 +1,5 @@
 """Checks shared by the method tests: attach on a tiny model, train a few steps through ``adaptune.train`` while
-keeping the in-memory model, and compare with peft's implementation of the same config."""
+keeping the in-memory model (``TrainResult.model``), and compare with peft's implementation of the same config."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-import adaptune.api
 from adaptune import Predictor, load_config, train
 from adaptune.api import TrainResult
 from adaptune.backbone import Backbone, load_backbone
@@ -54,7 +53,7 @@ def randomise(params: dict[str, nn.Parameter], std: float = 0.1, seed: int = 0) 
 
 @dataclass
 class Run:
-    """A finished tiny training run and the model object it trained (captured in memory)."""
+    """A finished tiny training run and the model object it trained (``TrainResult.model``)."""
 
     result: TrainResult
     model: AdaptedModel
@@ -62,13 +61,6 @@ class Run:
 
 def train_tiny(tmp: Path, model_dir: Path, data: Path, method: dict[str, Any], *extra: str) -> Run:
     """``adaptune.train`` on 32 intents for 3 steps, keeping the trained :class:`AdaptedModel`."""
-    captured: list[AdaptedModel] = []
-
-    class Capturing(AdaptedModel):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            captured.append(self)
-
     overrides = [f"method.{key}={value}" for key, value in method.items()]
     cfg = load_config(
         None,
@@ -86,10 +78,8 @@ def train_tiny(tmp: Path, model_dir: Path, data: Path, method: dict[str, Any], *
             *extra,
         ],
     )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(adaptune.api, "AdaptedModel", Capturing)
-        result = train(cfg)
-    return Run(result, captured[-1])
+    result = train(cfg)
+    return Run(result, result.model)
 
 
 def assert_only_owned_changed(run: Run, base_dir: Path) -> dict[str, nn.Parameter]:

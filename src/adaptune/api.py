@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from adaptune.io import AdapterDescription, describe, save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
+from adaptune.training.callbacks import Callback
 from adaptune.training.logging import warn_before_training
 from adaptune.training.loop import Trainer, seed_everything
 
@@ -49,7 +51,7 @@ class Split:
 
 @dataclass
 class TrainResult:
-    """Where things went and what was measured."""
+    """Where things went, what was measured, and the trained model."""
 
     output_dir: Path
     adapter_dir: Path
@@ -57,6 +59,8 @@ class TrainResult:
     trainable_params: int
     train_tokens_per_s: float
     wall_s: float
+    #: The trained model in memory, with the best weights loaded: what ``adapter_dir`` holds.
+    model: AdaptedModel = field(repr=False, compare=False)
     notes: list[str] = field(default_factory=list)
 
 
@@ -179,8 +183,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(task, backbone, fingerprint(backbone.model), base_params, max_length, labels, splits, notes)
 
 
-def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
-    """Train, keep the best weights on dev, save the adapter, evaluate on dev and test, write reports."""
+def train(config: RunConfig, *, resume: bool = False, callbacks: Sequence[Callback] | None = None) -> TrainResult:
+    """Train, keep the best weights on dev, save the adapter, evaluate on dev and test, write reports.
+
+    ``resume``: continue from the newest checkpoint in the output folder. ``callbacks``
+    (:class:`~adaptune.training.callbacks.Callback`) watch or steer the loop, after the run's own ones.
+    """
     started = time.perf_counter()
     cfg = config
     if cfg.training.num_threads:
@@ -208,6 +216,7 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
         metric=metric,
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
+        callbacks=callbacks or (),
     )
     at_start = _evaluate_at_start(model, dev, cfg, out_dir) if cfg.training.eval_at_start and dev else None
     fit = trainer.fit(resume=resume)
@@ -233,9 +242,8 @@ def train(config: RunConfig, *, resume: bool = False) -> TrainResult:
     adapter_dir = save_adapter(out_dir / "adapter", model.trainable_state(), _describe(cfg, model, prep, headline))
     results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
     write_run_summary(out_dir, cfg, results, trainer)
-    return TrainResult(
-        out_dir, adapter_dir, results, results["trainable_params"], fit.tokens_per_s, results["wall_s"], prep.notes
-    )
+    figures = (results["trainable_params"], fit.tokens_per_s, results["wall_s"])
+    return TrainResult(out_dir, adapter_dir, results, *figures, model=model, notes=prep.notes)
 
 
 #: The figures that follow the headline metric in :func:`headline_line`; for other metrics, the first other one.

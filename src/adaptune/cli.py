@@ -5,32 +5,23 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
+from adaptune.cli_common import fail, read_inputs
+from adaptune.cli_generate import chat, generate
 from adaptune.errors import AdaptuneError
 from adaptune.extras import as_missing_extra
 
 if TYPE_CHECKING:
     from adaptune.api import TrainResult
-    from adaptune.generation import GenerationConfig
-    from adaptune.inference import Predictor
 
-err_console = Console(stderr=True)
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 class _Commands(TyperGroup):
@@ -44,7 +35,7 @@ class _Commands(TyperGroup):
             missing = as_missing_extra(err, f"adaptune {ctx.invoked_subcommand}")
             if missing is None:
                 raise
-            _fail(missing)
+            fail(missing)
 
 
 app = typer.Typer(
@@ -79,7 +70,7 @@ def train(
         cfg = load_config(_config_path(config), set_ or [])
         result = run_train(cfg, resume=resume)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     for split in result.results["splits"].values():
         typer.echo((result.output_dir / split["files"]["table"]).read_text(encoding="utf-8"))
@@ -116,7 +107,7 @@ def evaluate(
         examples = predictor.task.read(str(data), data_cfg, split="test")
         result, predictions = predictor.evaluate_examples(examples, str(data))
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     typer.echo(report_tables(result.report, data.name))
     if out is not None:
@@ -146,187 +137,19 @@ def predict(
     from adaptune.inference import Predictor
 
     try:
-        lines = _read_inputs(source)
+        lines = read_inputs(source)
         predictor = Predictor.load(adapter, batch_size=batch_size)
         outputs = predictor.predict(lines)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     for output in outputs:
         sys.stdout.write(json.dumps(output, ensure_ascii=False) + "\n")
 
 
-def _read_inputs(source: str) -> list[str | dict[str, object]]:
-    from adaptune.errors import DataError
-
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except OSError as err:
-        raise DataError(f"cannot read the file: {err.strerror}", file=source) from None
-    except UnicodeDecodeError as err:
-        line = err.object.count(b"\n", 0, err.start) + 1
-        raise DataError(f"not UTF-8 (byte 0x{err.object[err.start]:02x})", file=source, line=line) from None
-    items: list[str | dict[str, object]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON: {err.msg}", file=source, line=number) from None
-        else:
-            items.append(line)
-    return items
-
-
-MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate per prompt.")]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature (with --sample).")]
-TopP = Annotated[float, typer.Option(help="Nucleus sampling mass (with --sample).")]
-TopK = Annotated[int, typer.Option(help="Keep the k most likely tokens (with --sample); 0 keeps all.")]
-Sample = Annotated[bool, typer.Option("--sample/--greedy", help="Sample instead of greedy decoding.")]
-Stop = Annotated[list[str] | None, typer.Option("--stop", help="A string that ends generation (repeatable).")]
-Seed = Annotated[int | None, typer.Option(help="Seed of the sampler.")]
-RepetitionPenalty = Annotated[
-    float,
-    typer.Option(help="Penalise tokens already in the prompt or output (1.0 off; 1.1-1.3 curbs loops)."),
-]
-
-
-def _generation_config(
-    max_new_tokens: int,
-    sample: bool,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    stop: list[str] | None,
-    seed: int | None,
-    repetition_penalty: float = 1.0,
-) -> GenerationConfig:
-    from adaptune.generation import GenerationConfig
-
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        stop=stop or [],
-        seed=seed,
-        repetition_penalty=repetition_penalty,
-    )
-
-
-@app.command()
-def generate(
-    adapter: Annotated[Path, typer.Argument(help="Adapter folder (a causal_lm adapter, or any on a decoder).")],
-    source: Annotated[
-        str, typer.Argument(help="Prompts: one per line, or JSONL with 'prompt' or 'messages'; - for stdin.")
-    ] = "-",
-    max_new_tokens: MaxNewTokens = 256,
-    sample: Sample = False,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
-    stop: Stop = None,
-    seed: Seed = None,
-    repetition_penalty: RepetitionPenalty = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Prompts decoded together (left-padded).")] = 8,
-    raw: Annotated[bool, typer.Option(help="Continue plain-text prompts as they are, without the template.")] = False,
-) -> None:
-    """Generate for every prompt: JSONL out (prompt, text, token counts, finish_reason), one line per prompt."""
-    from pydantic import ValidationError
-
-    from adaptune.errors import ConfigError
-    from adaptune.inference import Predictor
-
-    try:
-        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed, repetition_penalty)
-        items = _read_inputs(source)
-        prompts = [_prompt_of(item, number) for number, item in enumerate(items, start=1)]
-        predictor = Predictor.load(adapter)
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            for prompt, out in zip(chunk, predictor.generate(chunk, config, chat=not raw), strict=True):
-                key = "prompt" if isinstance(prompt, str) else "messages"
-                record = {key: prompt, **asdict(out)}
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-    except ValidationError as err:
-        _fail(ConfigError(str(err)))
-    except AdaptuneError as err:
-        _fail(err)
-
-
-def _prompt_of(item: str | dict[str, object], number: int) -> str | list[dict[str, str]]:
-    from adaptune.errors import DataError
-
-    if isinstance(item, str):
-        return item
-    if isinstance(item.get("messages"), list):
-        messages = [m for m in item["messages"] if isinstance(m, dict)]  # type: ignore[union-attr]
-        return [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages]
-    if isinstance(item.get("prompt"), str):
-        return str(item["prompt"])
-    raise DataError("needs 'prompt' (a string) or 'messages' (a list of role/content objects)", line=number)
-
-
-@app.command()
-def chat(
-    adapter: Annotated[Path, typer.Argument(help="Adapter folder (a causal_lm adapter, or any on a decoder).")],
-    system: Annotated[str | None, typer.Option(help="A system message at the start of the conversation.")] = None,
-    max_new_tokens: MaxNewTokens = 256,
-    sample: Sample = False,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 0.9,
-    top_k: TopK = 0,
-    stop: Stop = None,
-    seed: Seed = None,
-    repetition_penalty: RepetitionPenalty = 1.0,
-) -> None:
-    """Chat in the terminal: replies stream as they are generated; the conversation is kept (/reset, /exit)."""
-    from adaptune.inference import Predictor
-
-    try:
-        config = _generation_config(max_new_tokens, sample, temperature, top_p, top_k, stop, seed, repetition_penalty)
-        predictor = Predictor.load(adapter)
-        err_console.print("chat: /reset forgets the conversation, /exit (or Ctrl-D) ends it", highlight=False)
-        chat_loop(predictor, config, system, read=lambda: input("> "), write=sys.stdout.write)
-    except AdaptuneError as err:
-        _fail(err)
-
-
-def chat_loop(
-    predictor: Predictor,
-    config: GenerationConfig,
-    system: str | None,
-    *,
-    read: Callable[[], str],
-    write: Callable[[str], object],
-) -> list[dict[str, str]]:
-    """Read a line, stream the reply, repeat until /exit or end of input; returns the conversation."""
-    start = [{"role": "system", "content": system}] if system else []
-    history = list(start)
-    while True:
-        try:
-            line = read().strip()
-        except EOFError:
-            break
-        if line == "/exit":
-            break
-        if line == "/reset":
-            history = list(start)
-            continue
-        if not line:
-            continue
-        history.append({"role": "user", "content": line})
-        reply = ""
-        for piece in predictor.stream(history, config):
-            write(piece)
-            sys.stdout.flush()
-            reply += piece
-        write("\n")
-        history.append({"role": "assistant", "content": reply})
-    return history
+# generate and chat live in adaptune.cli_generate; listed here, after predict, in the help's order
+app.command()(generate)
+app.command()(chat)
 
 
 @app.command()
@@ -337,7 +160,7 @@ def info(adapter: Annotated[Path, typer.Argument(help="Adapter folder.")]) -> No
     try:
         desc = read_adapter_config(adapter)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     weights = adapter / desc["weights"]["file"]
     summary = {
@@ -368,7 +191,7 @@ def merge(
     try:
         folder = merge_to_hf(adapter, out, base=base, overwrite=overwrite)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     typer.echo(f"merged model: {folder} (AutoModel.from_pretrained; head in head.safetensors, head_config.json)")
 
@@ -390,7 +213,7 @@ def export(
             raise ConfigError(f"--format {format_!r}: the only export format is 'peft' (adaptune merge writes a model)")
         result = export_peft(adapter, out, base=base, overwrite=overwrite)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     for note in result.notes:
         typer.echo(f"note: {note}")
@@ -417,7 +240,7 @@ def import_(
     try:
         result = import_peft(peft_dir, out, base=base, task=task, labels=names, overwrite=overwrite)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     for note in result.notes:
         typer.echo(f"note: {note}")
@@ -446,7 +269,7 @@ def demo(
         ]
         outputs = predictor.predict(samples)
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     typer.echo((result.output_dir / result.results["splits"]["test"]["files"]["table"]).read_text(encoding="utf-8"))
     for output in outputs:
@@ -520,7 +343,7 @@ def show_config(
             path = _config_path(config) if config is not None else None
             data, fmt = load_config(path, set_ or []).model_dump(mode="json"), format_ or DataFormat.yaml
     except AdaptuneError as err:
-        _fail(err)
+        fail(err)
         return
     sys.stdout.write(dump(data, fmt.value))
 
@@ -552,7 +375,7 @@ def serve(
     try:
         run_server(str(base), adapters, host=host, port=port, settings=settings, threads=threads)
     except (AdaptuneError, FileNotFoundError) as err:
-        _fail(err)
+        fail(err)
 
 
 def main() -> None:

@@ -27,16 +27,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from adaptune.config import GenerationConfig
 from adaptune.data.chat import Message, prompt_ids, stop_token_ids
 from adaptune.errors import ConfigError
-from adaptune.model import AdaptedModel
 from adaptune.positions import positions_from_mask
 from adaptune.tasks.base import chat_template
+
+if TYPE_CHECKING:  # only for annotations: generation never needs the model module, so tasks may import it
+    from adaptune.model import AdaptedModel
 
 Prompt = str | Sequence[Mapping[str, str]]
 
@@ -110,14 +112,8 @@ def _encode_prompts(
     """Token ids of every prompt. With a position table of ``limit`` entries a prompt is cut from the left to
     ``max(limit - max_new_tokens, limit // 2)`` tokens: it keeps room for max_new_tokens where the table has it,
     and at least half the table where it has not (:func:`_budget` then lowers the number of new tokens)."""
-    tokenizer, template = model.info.tokenizer, _template(model)
     rows = []
-    for prompt in prompts:
-        messages = _as_messages(prompt, chat)
-        if isinstance(messages, str):
-            ids = list(tokenizer(messages, add_special_tokens=True)["input_ids"])
-        else:
-            ids = prompt_ids(tokenizer, messages, template)
+    for ids in _prompt_ids(model, prompts, chat):
         if not ids:
             raise ConfigError("an empty prompt cannot be continued")
         limit = model.info.max_positions
@@ -127,6 +123,25 @@ def _encode_prompts(
             ids = ids[-max(limit - config.max_new_tokens, limit // 2) :]
         rows.append(ids)
     return rows
+
+
+def _prompt_ids(model: AdaptedModel, prompts: Sequence[Prompt], chat: bool) -> list[list[int]]:
+    """Token ids of every prompt as rendered (chat template and generation prompt, or raw text), uncut."""
+    tokenizer, template = model.info.tokenizer, _template(model)
+    rows = []
+    for prompt in prompts:
+        messages = _as_messages(prompt, chat)
+        if isinstance(messages, str):
+            rows.append(list(tokenizer(messages, add_special_tokens=True)["input_ids"]))
+        else:
+            rows.append(prompt_ids(tokenizer, messages, template))
+    return rows
+
+
+def prompt_tokens(model: AdaptedModel, prompts: Sequence[Prompt], *, chat: bool = True) -> list[int]:
+    """How many tokens each prompt has as :func:`generate` renders it, before any cut to the position table
+    (what a server checks against its input limit)."""
+    return [len(ids) for ids in _prompt_ids(model, prompts, chat)]
 
 
 def _budget(model: AdaptedModel, ids: list[list[int]], config: GenerationConfig) -> int:

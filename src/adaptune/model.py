@@ -134,4 +134,3 @@ def packed_inputs(inputs: dict[str, Any], position_ids: torch.Tensor, n_in_front
     out["position_ids"] = position_ids
     out["use_cache"] = False  # with a cache transformers would not detect the packed blocks
     return out
-

@@ -15,6 +15,7 @@ from adaptune import load_config, train
 from adaptune.data.batching import eval_batches, train_batches
 from adaptune.errors import ConfigError
 from adaptune.io import WEIGHTS_FILE
+from adaptune.methods.base import ParamGroup
 from adaptune.tasks.base import EvalOutput
 from adaptune.training.schedule import build_optimizer, build_scheduler, lr_multiplier
 
@@ -123,7 +124,7 @@ def test_loraplus_groups_keep_their_ratio_under_the_schedule() -> None:
         ("enc.q.lora.lora_b.weight", torch.nn.Parameter(torch.zeros(8, 4))),
         ("classifier.bias", torch.nn.Parameter(torch.zeros(3))),
     ]
-    optimizer = build_optimizer(named, 1e-3, 0.01, loraplus_lr_ratio=16.0)
+    optimizer = build_optimizer(named, 1e-3, 0.01, groups=[ParamGroup((named[1][0],), 16.0, "lora_b")])
     fast = [g for g in optimizer.param_groups if any(p is named[1][1] for p in g["params"])]
     assert len(fast) == 1 and fast[0]["lr"] == pytest.approx(16e-3) and len(fast[0]["params"]) == 1
     scheduler = build_scheduler(optimizer, warmup=2, total=10, kind="linear")

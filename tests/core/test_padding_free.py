@@ -133,7 +133,11 @@ def test_what_cannot_be_packed_is_not_routed(encoder: torch.nn.Module) -> None:
 
     as_decoder = BertModel(
         BertConfig(
-            vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
             is_decoder=True,
         )
     )

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from adaptune import load_config, train
 from adaptune.config import RunConfig
 from adaptune.io import WEIGHTS_FILE
+from adaptune.training.callbacks import Callback
 from adaptune.training.checkpoint import CheckpointError
 from adaptune.training.loop import Trainer
 
@@ -52,27 +53,24 @@ def _config(model: Path, data: Path, out: Path, *extra: str, method: tuple[str, 
     )
 
 
-def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    original = Trainer._optimizer_step
+class KillAt(Callback):
+    """Dies before the optimiser step after ``step`` (its gradients accumulated), as a SIGKILL there would."""
 
-    def step_then_maybe_die(self: Trainer) -> None:
-        if self.state.step == step:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        if trainer.state.step == self.step:
             raise Killed
-        original(self)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_maybe_die)
 
 
 @pytest.mark.parametrize("method", [BOTTLENECK, LORA_PLUS], ids=["bottleneck", "lora_plus_neftune"])
-def test_resume_is_bitwise_exact(
-    tiny_bert: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: tuple[str, ...]
-) -> None:
+def test_resume_is_bitwise_exact(tiny_bert: Path, bundled_data: Path, tmp_path: Path, method: tuple[str, ...]) -> None:
     data = bundled_data / "intents"
     straight = train(_config(tiny_bert, data, tmp_path / "straight", method=method))
-    _kill_at(monkeypatch, 12)  # after the checkpoint of step 10, mid-epoch, with accumulation and dropout
+    kill = KillAt(12)  # after the checkpoint of step 10, mid-epoch, with accumulation and dropout
     with pytest.raises(Killed):
-        train(_config(tiny_bert, data, tmp_path / "killed", method=method))
-    monkeypatch.undo()
+        train(_config(tiny_bert, data, tmp_path / "killed", method=method), callbacks=[kill])
     assert json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())["step"] == 10
     resumed = train(_config(tiny_bert, data, tmp_path / "killed", method=method), resume=True)
     a, b = load_file(straight.adapter_dir / WEIGHTS_FILE), load_file(resumed.adapter_dir / WEIGHTS_FILE)

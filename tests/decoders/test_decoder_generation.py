@@ -181,7 +181,7 @@ def test_repetition_penalty_decodes_as_transformers_does(tiny_lm: Path) -> None:
 
 
 def test_repetition_penalty_reaches_the_cli_and_the_server_fields() -> None:
-    from adaptune.cli import _generation_config
+    from adaptune.cli_generate import _generation_config
     from adaptune.server.openai import decoding
     from adaptune.server.schemas import SamplingFields
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from adaptune import Predictor, load_config, train
 from adaptune.api import TrainResult
-from adaptune.cli import app, chat_loop
+from adaptune.cli import app
+from adaptune.cli_generate import chat_loop
 from adaptune.generation import GenerationConfig
 
 

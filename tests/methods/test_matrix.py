@@ -1,7 +1,8 @@
 """The shared method x task matrix: every registered method on every task, on a tiny BERT and a tiny Llama.
 
 Each case trains through the public API (``adaptune.train``) on the bundled bilingual data (48 intents or NER
-sentences, 40 steps) and checks what every method promises: only the method's tensors and the head change (and
+sentences, 40 steps), or, for the decoder task ``causal_lm``, on 48 Alpaca rows with a tiny causal Llama, and
+checks what every method promises: only the method's tensors and the head change (and
 all of them train), the training loss on those examples goes down, save -> load gives bit-identical logits,
 merged and unmerged outputs agree (mergeable methods), and the trainable parameter count equals peft's for the same
 config (lora, ia3, prefix, prompt). A new method is covered by registering it: it runs with its defaults unless
@@ -30,6 +31,7 @@ from adaptune.errors import ConfigError
 from adaptune.io import load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.registry import build_method, method_names
+from decoders.lm_tools import adapted, make_tiny_causal_llama, write_alpaca
 from method_checks import TEXTS, Run, assert_only_owned_changed, assert_round_trip, backbone, peft_model, train_tiny
 from tiny import make_tiny_llama
 from virtual_checks import attach_full, initial_state, make_left_padding
@@ -54,8 +56,28 @@ STEPS, EXAMPLES = 40, 48
 #: Tiny model -> (its fixture, model_type, pooling). Mean pooling on both, as the core tests do: a random model's
 #: [CLS] or last token says little about the text, a mean of its tokens does (last-token pooling and left padding
 #: are tested with prompt and prefix tuning). The Llama pads on the left, as real decoders do.
-MODELS = {"bert": ("tiny_bert", "bert", "mean"), "llama": ("llama_left", "llama", "mean")}
-TASK_DATA = {"seq_cls": ("intents", "train.jsonl"), "token_cls": ("ner", "train.conll")}
+MODELS = {
+    "bert": ("tiny_bert", "bert", "mean"),
+    "llama": ("llama_left", "llama", "mean"),
+    "llama_lm": ("causal_llama", "llama", "last"),
+}
+TASK_DATA = {"seq_cls": ("intents", "train.jsonl"), "token_cls": ("ner", "train.conll"), "causal_lm": ("", "")}
+#: The (model, task) cells: encoder and decoder backbones for the classification tasks, the causal LM (a decoder
+#: with its LM head) for causal_lm.
+CELLS = [("bert", "seq_cls"), ("bert", "token_cls"), ("llama", "seq_cls"), ("llama", "token_cls")]
+CELLS += [("llama_lm", "causal_lm")]
+#: Extra overrides of a task's cells: conversations need more than 32 tokens; no packing, so that prompt and
+#: prefix tuning train too; more steps at a higher rate (see :data:`LOSS_KEPT`).
+TASK_OVERRIDES = {
+    "causal_lm": ["data.max_length=48", "task.pack=false", "training.max_steps=80", "training.learning_rate=0.3"]
+}
+#: The share of the loss a task's cells must get below (default 0.9: a 10% drop). A random 2-layer decoder with a
+#: frozen 30k-token LM head predicts next tokens almost uniformly (loss ~ ln V = 10.33), and methods that act
+#: through scaling vectors or a few attended virtual tokens (IA3, prompt tuning) move that loss by tenths of a
+#: percent in 80 steps (prompt tuning's gradient on this model is ~5e-4), where LoRA and prefix tuning drop it by
+#: 10-20%: for causal_lm the check is that every method lowers it at all, by 0.05% or more. What these methods
+#: reach on a real decoder is measured in benchmarks/quality.py (SmolLM2).
+LOSS_KEPT = {"causal_lm": 0.9995}
 
 
 class Case(NamedTuple):
@@ -80,7 +102,7 @@ def unsupported(case: Case) -> bool:
     return MODELS[case.model][1] in method.unsupported_model_types
 
 
-ALL = [Case(m, model, task) for m in method_names() for model in MODELS for task in TASK_DATA]
+ALL = [Case(m, model, task) for m in method_names() for model, task in CELLS]
 CASES = [case for case in ALL if not unsupported(case)]
 REFUSED = [case for case in ALL if unsupported(case) and case.task == "seq_cls"]
 
@@ -96,30 +118,42 @@ class Trained:
     loss_after: float
 
 
+@dataclass
+class Refused:
+    """A case with nothing to train (a method that adds no parameters on a task whose head is frozen, as
+    ``head`` on ``causal_lm``), which training refuses with a ConfigError before any step."""
+
+    message: str
+    trainable: int
+
+
+def refused_rightly(done: Trained | Refused) -> bool:
+    """True for a refused case, after checking that the refusal is right: the model has nothing to train and
+    the error says so."""
+    if isinstance(done, Trained):
+        return False
+    assert done.trainable == 0 and "nothing to train" in done.message, done
+    return True
+
+
 def _loss(run: Run, examples: list[Any]) -> float:
     """Mean loss of the run's model on ``examples`` (eval mode, no dropout)."""
     predictor = Predictor(run.model, load_adapter(run.result.adapter_dir).config)
     return predictor.evaluate_examples(examples)[0].headline["loss"]
 
 
-def train_case(case: Case, base_dir: Path, data: Path, tmp: Path) -> Trained:
+def train_case(case: Case, base_dir: Path, data: Path, tmp: Path) -> Trained | Refused:
     """Train ``case`` through ``adaptune.train``; measure the loss on its training examples before and after."""
     folder, file = TASK_DATA[case.task]
+    path = data / folder / file if folder else write_alpaca(tmp / "alpaca.json", EXAMPLES)
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in method_fields(case.method).items()}
-    run = train_tiny(
-        tmp,
-        base_dir,
-        data,
-        fields,
-        f"task.name={case.task}",
-        f"data.train={data / folder / file}",
-        f"data.max_train_examples={EXAMPLES}",
-        f"model.pooling={MODELS[case.model][2]}",
-        f"training.max_steps={STEPS}",
-        f"training.learning_rate={LEARNING_RATE}",
-    )
+    try:
+        run = _train(case, base_dir, data, tmp, fields, path)
+    except ConfigError as err:
+        model = adapted(base_dir, method_fields(case.method), case.task)
+        return Refused(str(err), sum(p.numel() for p in model.trainable()))
     task = run.model.task
-    examples = task.read(str(data / folder / file), DataConfig(), split="train")[:EXAMPLES]
+    examples = task.read(str(path), DataConfig(), split="train")[:EXAMPLES]
     initial = initial_state(run, base_dir)
     trained = {k: v.clone() for k, v in run.model.trainable_state().items()}
     after = _loss(run, examples)
@@ -127,6 +161,22 @@ def train_case(case: Case, base_dir: Path, data: Path, tmp: Path) -> Trained:
     before = _loss(run, examples)
     run.model.load_trainable_state(trained)
     return Trained(run, base_dir, initial, before, after)
+
+
+def _train(case: Case, base_dir: Path, data: Path, tmp: Path, fields: dict[str, str], path: Path) -> Run:
+    return train_tiny(
+        tmp,
+        base_dir,
+        data,
+        fields,
+        f"task.name={case.task}",
+        f"data.train={path}",
+        f"data.max_train_examples={EXAMPLES}",
+        f"model.pooling={MODELS[case.model][2]}",
+        f"training.max_steps={STEPS}",
+        f"training.learning_rate={LEARNING_RATE}",
+        *TASK_OVERRIDES.get(case.task, []),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -145,14 +195,24 @@ def llama_left(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(
-    tiny_bert: Path, llama_left: Path, bundled_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[Case], Trained]:
-    """Trains each case once, on first use, and hands out the same run to every check."""
-    folders = {"tiny_bert": tiny_bert, "llama_left": llama_left}
-    cache: dict[Case, Trained] = {}
+def causal_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LlamaForCausalLM with a ChatML tokenizer (its LM head stays frozen, as causal_lm keeps it)."""
+    return make_tiny_causal_llama(tmp_path_factory.mktemp("matrix_lm"))
 
-    def get(case: Case) -> Trained:
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_bert: Path,
+    llama_left: Path,
+    causal_llama: Path,
+    bundled_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[Case], Trained | Refused]:
+    """Trains each case once, on first use, and hands out the same run to every check."""
+    folders = {"tiny_bert": tiny_bert, "llama_left": llama_left, "causal_llama": causal_llama}
+    cache: dict[Case, Trained | Refused] = {}
+
+    def get(case: Case) -> Trained | Refused:
         if case not in cache:
             base_dir = folders[MODELS[case.model][0]]
             cache[case] = train_case(case, base_dir, bundled_data, tmp_path_factory.mktemp(str(case)))
@@ -162,8 +222,11 @@ def trained(
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_only_the_method_and_the_head_change(case: Case, trained: Callable[[Case], Trained]) -> None:
+def test_only_the_method_and_the_head_change(case: Case, trained: Callable[[Case], Trained | Refused]) -> None:
     done = trained(case)
+    if refused_rightly(done):
+        return
+    assert isinstance(done, Trained)
     owned = assert_only_owned_changed(done.run, done.base_dir)
     after = done.run.model.trainable_state()
     assert after.keys() == done.initial.keys()
@@ -178,14 +241,22 @@ def test_only_the_method_and_the_head_change(case: Case, trained: Callable[[Case
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_loss_goes_down(case: Case, trained: Callable[[Case], Trained]) -> None:
+def test_loss_goes_down(case: Case, trained: Callable[[Case], Trained | Refused]) -> None:
     done = trained(case)
-    assert done.loss_after < 0.9 * done.loss_before, (done.loss_before, done.loss_after)
+    if refused_rightly(done):
+        return
+    assert isinstance(done, Trained)
+    keep = LOSS_KEPT.get(case.task, 0.9)
+    assert done.loss_after < keep * done.loss_before, (done.loss_before, done.loss_after)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_save_load_round_trip_is_exact(case: Case, trained: Callable[[Case], Trained]) -> None:
-    assert_round_trip(trained(case).run)
+def test_save_load_round_trip_is_exact(case: Case, trained: Callable[[Case], Trained | Refused]) -> None:
+    done = trained(case)
+    if refused_rightly(done):
+        return
+    assert isinstance(done, Trained)
+    assert_round_trip(done.run)
 
 
 def mergeable(case: Case) -> bool:
@@ -194,8 +265,12 @@ def mergeable(case: Case) -> bool:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if mergeable(c)], ids=str)
-def test_merged_equals_unmerged(case: Case, trained: Callable[[Case], Trained]) -> None:
-    predictor = Predictor.load(trained(case).run.result.adapter_dir)
+def test_merged_equals_unmerged(case: Case, trained: Callable[[Case], Trained | Refused]) -> None:
+    done = trained(case)
+    if refused_rightly(done):
+        return
+    assert isinstance(done, Trained)
+    predictor = Predictor.load(done.run.result.adapter_dir)
     method, backbone_model = predictor.model.method, predictor.model.backbone
     assert isinstance(method, Mergeable)
     unmerged = predictor.logits(TEXTS)
@@ -245,8 +320,11 @@ PEFT_CASES = [c for c in CASES if c.method in ("lora", "ia3", "prefix", "prompt"
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("case", PEFT_CASES, ids=str)
-def test_trainable_parameters_equal_peft(case: Case, trained: Callable[[Case], Trained]) -> None:
+def test_trainable_parameters_equal_peft(case: Case, trained: Callable[[Case], Trained | Refused]) -> None:
     done = trained(case)
+    if refused_rightly(done):
+        return
+    assert isinstance(done, Trained)
     owned = done.run.model.adapter_parameters()
     reference = peft_model(done.base_dir, peft_config(done.run.model.method.config, list(owned)))
     assert sum(p.numel() for p in owned.values()) == reference.get_nb_trainable_parameters()[0]

@@ -11,10 +11,11 @@ import torch
 from adaptune.backbone import Backbone, load_backbone
 from adaptune.config import ModelConfig, validate_config
 from adaptune.inference import build_model
+from adaptune.methods.base import PerRowPart
+from adaptune.methods.lora import LoRA, lora_weights
 from adaptune.model import AdaptedModel
 from adaptune.padding_free import packed_forward, packing_of
-from adaptune.server.adapters import harvest
-from adaptune.server.batched import MultiAdapterLayers, lora_weights
+from adaptune.per_row import MultiAdapterLayers
 
 IDS = torch.tensor(
     [
@@ -50,6 +51,13 @@ def adapted(path: Path, method: dict[str, Any], seed: int) -> AdaptedModel:
     return model
 
 
+def harvest(model: AdaptedModel) -> list[PerRowPart]:
+    """The modules the adapter's method serves per row (:class:`~adaptune.methods.base.PerRowBatched`)."""
+    parts = model.method.per_row_parts(model.backbone)  # type: ignore[attr-defined]
+    assert parts is not None
+    return parts  # type: ignore[no-any-return]
+
+
 def hidden(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[no-any-return]
@@ -66,7 +74,7 @@ def shared(tiny_bert: Path, adapters: list[AdaptedModel]) -> tuple[torch.nn.Modu
     base = backbone(tiny_bert).model
     layers = MultiAdapterLayers(base)
     for index, model in enumerate(adapters, start=1):
-        layers.add(index, *harvest(model))
+        layers.add(index, harvest(model))
     return base, layers
 
 
@@ -112,11 +120,12 @@ def test_select_clears_state_even_on_error(shared: tuple[torch.nn.Module, MultiA
     with pytest.raises(RuntimeError), layers.select(torch.tensor([1, 2, 3, 4, 5])):
         raise RuntimeError("boom")
     torch.testing.assert_close(hidden(base, IDS, MASK), plain)
-    assert all(layer.slots.local is None and not layer.active for layer in layers.lora.values())
+    assert all(layer.slots.local is None and not layer.active for layer in layers.kernels())
 
 
 def test_dora_has_no_per_row_form(tiny_bert: Path) -> None:
     model = adapted(tiny_bert, {"name": "lora", "r": 2, "use_dora": True}, seed=0)
-    lora = next(iter(harvest(model)[0].values()))
+    assert model.method.per_row_parts(model.backbone) is None  # type: ignore[attr-defined]
+    lora = next(m for m in model.backbone.modules() if isinstance(m, LoRA))
     with pytest.raises(ValueError, match="DoRA"):
         lora_weights(lora)

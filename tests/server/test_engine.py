@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adaptune.inference import Predictor
-from adaptune.server.engine import CLASSIFY_TASKS, MultiAdapterEngine
+from adaptune.server.engine import MultiAdapterEngine
 from adaptune.server.errors import ServeError
 from serving_kit import FOREIGN, FOUR_ADAPTERS, GROUPED, INTENTS, assert_same, make_adapter
 
@@ -60,7 +60,7 @@ def test_requests_are_checked_before_batching(engine: MultiAdapterEngine) -> Non
         engine.prepare("intents-lora", ["word " * 100])
     assert err.value.limit == "max_input_tokens" and err.value.status == 400
     with pytest.raises(ServeError) as err:
-        engine.prepare("ner-lora", ["a text"], CLASSIFY_TASKS)
+        engine.prepare("ner-lora", ["a text"], "classify")
     assert err.value.type == "wrong_task"
     with pytest.raises(ServeError) as err:
         engine.prepare("intents-lora", [{"text": ""}])

@@ -13,8 +13,8 @@ import pytest
 
 from adaptune.generation import GenerationConfig, generate
 from adaptune.inference import Predictor
+from adaptune.inference.multi import MultiPredictor as MultiAdapterEngine
 from adaptune.server.app import ServerSettings, create_app
-from adaptune.server.engine import MultiAdapterEngine
 from serving_kit import running_server
 
 KEY = "gen-key"

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from adaptune.inference.multi import MultiPredictor as MultiAdapterEngine
 from adaptune.server.app import ServerSettings, create_app
-from adaptune.server.engine import MultiAdapterEngine
 from serving_kit import API_KEY, FOUR_ADAPTERS, GROUPED, INTENTS, assert_same, make_adapter, running_server
 
 Offline = Callable[[str, list[Any]], list[dict[str, Any]]]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from adaptune import load_config, train
 from adaptune.config import RunConfig
 from adaptune.io import WEIGHTS_FILE
+from adaptune.training.callbacks import Callback
 from adaptune.training.fast import CACHE_FILE
 from adaptune.training.loop import Trainer
 
@@ -84,22 +85,19 @@ def test_cache_gives_the_losses_of_the_uncached_run(
     assert not (tmp_path / "cached" / CACHE_FILE).exists(), "the memory-mapped file is removed after training"
 
 
-def test_cache_run_resumes_after_a_kill(
-    tiny_bert: Path, bundled_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class DieAtStep10(Callback):
+    """Interrupts the run before its 11th optimiser step (gradients accumulated), as Ctrl-C there would."""
+
+    def on_before_optimizer_step(self, trainer: Trainer) -> None:
+        if trainer.state.step == 10:
+            raise KeyboardInterrupt
+
+
+def test_cache_run_resumes_after_a_kill(tiny_bert: Path, bundled_data: Path, tmp_path: Path) -> None:
     extra = ("method.name=lora", "method.layers=[-1]", "training.activation_cache=mmap", "training.eval_every=4")
     straight = train(config(tiny_bert, bundled_data, tmp_path / "straight", *extra))
-    original = Trainer._optimizer_step
-
-    def die_at_step_10(self: Trainer) -> None:
-        if self.state.step == 10:
-            raise KeyboardInterrupt
-        original(self)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", die_at_step_10)
     with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_bert, bundled_data, tmp_path / "killed", *extra))
-    monkeypatch.undo()
+        train(config(tiny_bert, bundled_data, tmp_path / "killed", *extra), callbacks=[DieAtStep10()])
     resumed = train(config(tiny_bert, bundled_data, tmp_path / "killed", *extra), resume=True)
     a, b = load_file(straight.adapter_dir / WEIGHTS_FILE), load_file(resumed.adapter_dir / WEIGHTS_FILE)
     for key in a:  # the resumed run refills the cache from other batch compositions: equal to float rounding

@@ -29,9 +29,7 @@ def released_mb(mode: str) -> int:
     return int(out.stdout.strip())
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="mallopt exists only in glibc"
-)
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="mallopt exists only in glibc")
 def test_freed_blocks_leave_the_resident_set() -> None:
     assert released_mb("default") < 20, "glibc keeps freed heap blocks resident by default"
     assert released_mb("trim") > 90, "with trim_freed_memory the 100 freed MiB go back to the OS"

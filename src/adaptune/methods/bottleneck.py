@@ -12,11 +12,20 @@ Each adapter maps hidden states ``h`` of shape ``(batch, seq, d)`` to
 with ``W_down: d -> d / reduction_factor``, ``f`` a non-linearity and ``W_up`` initialised to zero, so training
 starts from the unchanged base model. The adapter sits on the output projection (before dropout, the residual add
 and LayerNorm of the block), found per architecture in :mod:`adaptune.targets`.
+
+Served per row (:class:`MultiBottleneck`, :mod:`adaptune.per_row`), after host output ``h``, for row ``i`` served
+by adapter ``a = rows[i]``::
+
+    h_i' = keep_a h_i + W_up,a f_a(W_down,a h_i + b_down,a) + b_up,a
+
+with ``keep_a`` = 1 for residual adapters (0 otherwise) and zero-padded bottleneck widths. A row whose adapter does
+not touch a host gets slot 0, whose weights are zero: the host's output passes unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,7 +33,9 @@ from torch import nn
 
 from adaptune.config import MethodConfig
 from adaptune.errors import ConfigError
-from adaptune.methods.base import AttachContext, Method
+from adaptune.methods.base import AttachContext, Method, PerRowPart
+from adaptune.padding_free import Packing
+from adaptune.per_row import SlotKernel
 from adaptune.registry import register_method
 from adaptune.targets import modules_by_suffix, role_modules
 
@@ -106,6 +117,14 @@ class Bottleneck(Method):
         found = [pair for role in roles for pair in role_modules(model, ctx.anatomy, ctx.model_type, role, cfg.layers)]
         return sorted(found, key=lambda pair: pair[0])
 
+    def per_row_parts(self, model: nn.Module) -> list[PerRowPart]:
+        """Every bottleneck adapter by its host's name in ``model``, served by :class:`MultiBottleneck` (see
+        :class:`~adaptune.methods.base.PerRowBatched`)."""
+        names = {id(module): name for name, module in model.named_modules()}
+        return [
+            PerRowPart(names[id(inj.host)], getattr(inj.host, inj.attr), MultiBottleneck) for inj in self._injections
+        ]
+
 
 def _output_width(module: nn.Module, default: int) -> int:
     """The feature width a module outputs (Linear, or GPT-2's Conv1D which stores ``nf``)."""
@@ -117,3 +136,129 @@ def _output_width(module: nn.Module, default: int) -> int:
     if default <= 0:
         raise ConfigError(f"cannot tell the output width of {type(module).__name__}")
     return default
+
+
+#: The bottleneck non-linearities in a fixed order (their index is stored per slot).
+ACTIVATION_ORDER: list[str] = sorted(ACTIVATIONS)
+_ACT_FNS: list[Callable[[torch.Tensor], torch.Tensor]] = [ACTIVATIONS[name]() for name in ACTIVATION_ORDER]
+
+
+def activation_name(module: nn.Module) -> str:
+    """The :data:`ACTIVATIONS` name of a bottleneck's non-linearity module."""
+    for name, cls in ACTIVATIONS.items():
+        if type(module) is cls:
+            return name
+    raise ValueError(f"unknown bottleneck activation {type(module).__name__}")
+
+
+class MultiBottleneck(SlotKernel[BottleneckAdapter]):
+    """All loaded bottleneck adapters after one host module of output width ``d``, applied per row (the module
+    docstring's formula; a :class:`~adaptune.per_row.PerRowKernel`).
+
+    ``apply(h (B, ..., d)) -> (B, ..., d)``: row ``i`` gets its adapter's ``keep h + up(f(down(h)))``; rows of
+    slot 0 get ``h``. A padding-free batch ``(1, T, d)`` gets each adapter on its own token range.
+    """
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.d = d
+        self.down_t = torch.zeros(1, d, 1)  # (n + 1, d, k_max)
+        self.down_b = torch.zeros(1, 1)  # (n + 1, k_max)
+        self.up_t = torch.zeros(1, 1, d)  # (n + 1, k_max, d)
+        self.up_b = torch.zeros(1, d)  # (n + 1, d)
+        self.keep = torch.ones(1)  # (n + 1,) 1 = residual
+        self.act_id = torch.zeros(1, dtype=torch.long)  # (n + 1,) index into ACTIVATION_ORDER
+        self.acts: list[tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]] = []
+        self.act_list: list[int] = [0]  # act_id and keep as Python numbers, for the packed path
+        self.keep_list: list[float] = [1.0]
+
+    @classmethod
+    def for_member(cls, module: nn.Module) -> MultiBottleneck:
+        """An empty kernel for the host whose output ``module`` (a :class:`BottleneckAdapter`) adapts."""
+        assert isinstance(module, BottleneckAdapter)
+        return cls(module.up.out_features)
+
+    def add(self, index: int, module: nn.Module) -> None:
+        """Adapter ``index``'s bottleneck at this host (call :meth:`rebuild` after)."""
+        assert isinstance(module, BottleneckAdapter)
+        self.members[index] = module
+
+    def rebuild(self) -> None:
+        """Stack the members' weights, zero-padding bottleneck widths to the largest; slot 0 stays zero."""
+        order = sorted(self.members)
+        k_max = max([1, *(self.members[i].down.out_features for i in order)])
+        n = len(order) + 1
+        dev = self.members[order[0]].down.weight.device if order else None
+        self.down_t, self.down_b = torch.zeros(n, self.d, k_max, device=dev), torch.zeros(n, k_max, device=dev)
+        self.up_t, self.up_b = torch.zeros(n, k_max, self.d, device=dev), torch.zeros(n, self.d, device=dev)
+        self.keep, self.act_id = torch.ones(n, device=dev), torch.zeros(n, dtype=torch.long)
+        with torch.no_grad():
+            for slot, index in enumerate(order, start=1):
+                adapter = self.members[index]
+                k = adapter.down.out_features
+                self.down_t[slot, :, :k] = adapter.down.weight.T
+                self.down_b[slot, :k] = adapter.down.bias
+                self.up_t[slot, :k] = adapter.up.weight.T
+                self.up_b[slot] = adapter.up.bias
+                self.keep[slot] = 1.0 if adapter.residual else 0.0
+                self.act_id[slot] = ACTIVATION_ORDER.index(activation_name(adapter.act))
+        self.act_list, self.keep_list = self.act_id.tolist(), self.keep.tolist()
+        self.slots.rebuild(order)
+
+    def bind(self, rows: torch.Tensor, packing: Packing | None) -> None:
+        """Bind the batch (:meth:`SlotKernel.bind`), then group its rows by non-linearity (one group, no mask, in
+        the common case)."""
+        super().bind(rows, packing)
+        if not self.active:
+            return
+        local = self.slots.local
+        assert local is not None
+        kinds = self.act_id[local]
+        present = sorted({int(k) for k in kinds.unique()})
+        if len(present) == 1:
+            self.acts = [(_ACT_FNS[present[0]], None)]
+        else:
+            self.acts = [(_ACT_FNS[k], kinds == k) for k in present]
+
+    def clear(self) -> None:
+        super().clear()
+        self.acts = []
+
+    def __call__(self, _host: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        """The host's forward hook: its output -> :meth:`apply`."""
+        return self.apply(output)
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        """``keep_a h + W_up,a f_a(W_down,a h + b_down,a) + b_up,a`` per row; ``h`` when unbound."""
+        local = self.slots.local
+        if local is None or not self.active:
+            return h
+        if self.slots.packed(h):
+            return self._packed(h)
+        flat = h.reshape(h.shape[0], -1, self.d)
+        z = torch.baddbmm(self.down_b[local].unsqueeze(1), flat, self.down_t[local])
+        z = self._activate(z)
+        delta = torch.baddbmm(self.up_b[local].unsqueeze(1), z, self.up_t[local])
+        out = flat * self.keep[local].view(-1, 1, 1).to(flat.dtype) + delta.to(flat.dtype)
+        return out.reshape(h.shape)
+
+    def _packed(self, h: torch.Tensor) -> torch.Tensor:
+        """Padding-free batch ``(1, T, d)``: every adapter's contiguous token range with its own weights."""
+        assert self.slots.segments is not None
+        tokens = h[0]
+        out = tokens.clone()
+        for slot, start, end in self.slots.segments:
+            part = tokens[start:end].to(self.down_t.dtype)
+            z = _ACT_FNS[self.act_list[slot]](torch.addmm(self.down_b[slot], part, self.down_t[slot]))
+            adapted = part * self.keep_list[slot] + torch.addmm(self.up_b[slot], z, self.up_t[slot])
+            out[start:end] = adapted.to(out.dtype)
+        return out.unsqueeze(0)
+
+    def _activate(self, z: torch.Tensor) -> torch.Tensor:
+        if len(self.acts) == 1:
+            return self.acts[0][0](z)
+        out = z.clone()
+        for fn, mask in self.acts:
+            assert mask is not None
+            out[mask] = fn(z[mask])
+        return out

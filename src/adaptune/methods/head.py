@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from adaptune.config import MethodConfig
-from adaptune.methods.base import AttachContext, Method
+from adaptune.methods.base import AttachContext, Method, PerRowPart
 from adaptune.registry import register_method
 
 
@@ -35,3 +35,8 @@ class HeadOnly(Method):
 
     def merge_and_unload(self, model: nn.Module) -> None:
         """Nothing to fold or remove: the backbone is the base model."""
+
+    def per_row_parts(self, model: nn.Module) -> list[PerRowPart]:
+        """Nothing per row but the head: rows of head-only adapters share the plain base's forward pass
+        (:class:`~adaptune.methods.base.PerRowBatched`)."""
+        return []

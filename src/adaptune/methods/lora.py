@@ -18,13 +18,23 @@ paper's column of ``W`` in ``(in, out)`` layout; peft computes the same), ``m`` 
 
 Which linear maps get an update is data per architecture (:mod:`adaptune.targets`): by default the query and
 value projections, as in the paper. ``merge``/``unmerge`` fold the update into the base weight and take it out.
+
+Served per row (:class:`MultiLoRA`, :mod:`adaptune.per_row`), for host ``y = W0 x + b`` and row ``i`` served by
+adapter ``a = rows[i]``::
+
+    y_i = W0 x_i + b + x_i A_a^T (s_a B_a)^T        A: (n, r_max, d_in) -> stored as (n, d_in, r_max)
+                                                    B: (n, d_out, r_max) -> stored as (n, r_max, d_out)
+
+ranks below ``r_max`` are zero-padded and the scaling ``s_a`` (alpha/r or alpha/sqrt(r)) is folded into ``B``;
+the gather ``A[rows]`` and two ``bmm`` calls compute every row's update at once, whatever the mix of adapters.
+DoRA and merged updates have no per-row form (:meth:`LoRAMethod.per_row_parts` is None).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -32,8 +42,9 @@ from torch import nn
 
 from adaptune.config import MethodConfig, TrainingConfig
 from adaptune.errors import ConfigError
-from adaptune.methods.base import AttachContext, Method, ParamGroup
+from adaptune.methods.base import AttachContext, Method, ParamGroup, PerRowPart
 from adaptune.methods.linear import bias_of, linear_shape, weight_out_in
+from adaptune.per_row import SlotKernel
 from adaptune.registry import register_method
 from adaptune.targets import Role, select_targets
 
@@ -187,6 +198,80 @@ class LoRA(nn.Module):
         self.merged = False
 
 
+#: One adapter's contribution at one host: ``(A^T (d_in, r), (s B)^T (r, d_out))``.
+LoRAWeights = tuple[torch.Tensor, torch.Tensor]
+
+
+def lora_weights(lora: LoRA) -> LoRAWeights:
+    """A plain LoRA's ``(A^T (d_in, r), (s B)^T (r, d_out))``; DoRA and merged LoRAs have no per-row form."""
+    if lora.magnitude is not None or lora.merged:
+        raise ValueError("DoRA and merged LoRA updates cannot be applied per row")
+    a = lora.lora_a.weight.detach()
+    b = lora.lora_b.weight.detach() * lora.scaling
+    return a.T.contiguous().float(), b.T.contiguous().float()
+
+
+class MultiLoRA(SlotKernel[LoRAWeights]):
+    """All loaded LoRA updates of one host linear map ``d_in -> d_out``, applied per row (the module docstring's
+    formula; a :class:`~adaptune.per_row.PerRowKernel`).
+
+    ``apply(x (B, ..., d_in), out (B, ..., d_out)) -> (B, ..., d_out)`` adds row ``i``'s update; rows whose
+    slot is 0 (no LoRA here) get ``out`` unchanged (their padded weights are zero). A padding-free batch
+    ``(1, T, d_in)`` gets each adapter's update on its own token range.
+    """
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.a_t = torch.zeros(1, d_in, 1)  # (n + 1, d_in, r_max)
+        self.b_t = torch.zeros(1, 1, d_out)  # (n + 1, r_max, d_out), scaling folded in
+
+    @classmethod
+    def for_member(cls, module: nn.Module) -> MultiLoRA:
+        """An empty kernel for the host map that ``module`` (a :class:`LoRA`) adapts."""
+        assert isinstance(module, LoRA)
+        return cls(module.lora_a.in_features, module.lora_b.out_features)
+
+    def add(self, index: int, module: nn.Module) -> None:
+        """Adapter ``index``'s update at this host (:func:`lora_weights`; call :meth:`rebuild` after)."""
+        assert isinstance(module, LoRA)
+        self.members[index] = lora_weights(module)
+
+    def rebuild(self) -> None:
+        """Stack the members' matrices, zero-padding ranks to the largest; slot 0 stays zero."""
+        order = sorted(self.members)
+        r_max = max([1, *(self.members[i][0].shape[1] for i in order)])
+        device = self.members[order[0]][0].device if order else None
+        a_t = torch.zeros(len(order) + 1, self.d_in, r_max, device=device)
+        b_t = torch.zeros(len(order) + 1, r_max, self.d_out, device=device)
+        for slot, index in enumerate(order, start=1):
+            a, b = self.members[index]
+            a_t[slot, :, : a.shape[1]] = a
+            b_t[slot, : b.shape[0]] = b
+        self.a_t, self.b_t = a_t, b_t
+        self.slots.rebuild(order)
+
+    def __call__(self, _host: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        """The host's forward hook: its input ``args[0]`` and output ``output`` -> :meth:`apply`."""
+        return self.apply(args[0], output)
+
+    def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out + x A_a^T (s_a B_a)^T`` per row (shapes in the class docstring); ``out`` when unbound."""
+        local = self.slots.local
+        if local is None or not self.active:
+            return out
+        if self.slots.packed(x):  # padding-free: each adapter's tokens are one contiguous range
+            assert self.slots.segments is not None
+            tokens, result = x[0], out[0] if not torch.is_grad_enabled() else out[0].clone()
+            for slot, start, end in self.slots.segments:
+                delta = (tokens[start:end].to(self.a_t.dtype) @ self.a_t[slot]) @ self.b_t[slot]
+                result[start:end] += delta.to(result.dtype)
+            return result.unsqueeze(0)
+        flat = x.reshape(x.shape[0], -1, self.d_in)
+        delta = torch.bmm(torch.bmm(flat, self.a_t[local]), self.b_t[local])
+        return out + delta.reshape(out.shape).to(out.dtype)
+
+
 def _adapter_hook(lora: LoRA, host: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def combine(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return lora.adapt(x, out, weight_out_in(host), bias_of(host))
@@ -226,6 +311,15 @@ class LoRAMethod(Method):
 
     def _pairs(self) -> list[tuple[LoRA, nn.Module]]:
         return [(getattr(inj.host, inj.attr), inj.host) for inj in self._injections]
+
+    def per_row_parts(self, model: nn.Module) -> list[PerRowPart] | None:
+        """Every LoRA module by its host's name in ``model``, served by :class:`MultiLoRA`; None for DoRA or a
+        merged model (no per-row form). See :class:`~adaptune.methods.base.PerRowBatched`."""
+        pairs = self._pairs()
+        if any(lora.magnitude is not None or lora.merged for lora, _ in pairs):
+            return None
+        names = {id(module): name for name, module in model.named_modules()}
+        return [PerRowPart(names[id(host)], lora, MultiLoRA) for lora, host in pairs]
 
     def param_groups(self, model: nn.Module, training: TrainingConfig) -> list[ParamGroup]:
         """LoRA+ (Hayou et al. 2024, ``training.loraplus_lr_ratio``): the B matrices learn at the ratio times

@@ -1,9 +1,12 @@
 """``adaptune serve``: one base model, every adapter of a folder, mixed-adapter micro-batches over HTTP.
 
 Needs the ``server`` extra (FastAPI, uvicorn); nothing here imports them until a server is built, so
-``import adaptune`` works without them. Parts: :mod:`.engine` (the model side, no HTTP), :mod:`.batched`
-(per-row adapter layers), :mod:`.batcher` (asyncio micro-batcher), :mod:`.app` (routes and limits),
-:mod:`.openai` (OpenAI-compatible and generation routes), :mod:`.metrics` (Prometheus text).
+``import adaptune`` works without them. The model side is the core's
+:class:`~adaptune.inference.multi.MultiPredictor` (no HTTP; per-row kernels in :mod:`adaptune.per_row` and beside
+their methods). Parts here: :mod:`.app` (routes and limits), :mod:`.openai` (OpenAI-compatible and generation
+routes), :mod:`.schemas` (request and response bodies), :mod:`.batcher` (asyncio micro-batcher), :mod:`.metrics`
+(Prometheus text), :mod:`.errors` (HTTP errors, and the status of each refusal of the predictor); :mod:`.engine`
+only keeps the old engine name importable.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ if TYPE_CHECKING:
 
 def build_app(base: str, adapters: str | Path, settings: ServerSettings | None = None) -> FastAPI:
     """Load ``base`` once and every compatible adapter of ``adapters``; return the FastAPI app serving them."""
+    from adaptune.inference.multi import MultiPredictor
     from adaptune.server.app import ServerSettings, create_app
-    from adaptune.server.engine import MultiAdapterEngine
 
     settings = settings or ServerSettings()
-    engine = MultiAdapterEngine(
+    predictor = MultiPredictor(
         base, adapters, max_input_tokens=settings.max_input_tokens, padding_free=settings.padding_free
     )
-    return create_app(engine, settings)
+    return create_app(predictor, settings)
 
 
 def serve(

@@ -1,4 +1,6 @@
-"""The HTTP layer: FastAPI routes over :class:`~adaptune.server.engine.MultiAdapterEngine` (thin; no model code).
+"""The HTTP layer: FastAPI routes over the core's :class:`~adaptune.inference.multi.MultiPredictor` (thin; no
+model code). ``/v1/classify`` serves adapters whose task kind is ``classify``, ``/v1/tag`` those of kind ``tag``
+(:data:`~adaptune.tasks.base.TaskKind`); the predictor's refusals become HTTP errors (:mod:`adaptune.server.errors`).
 
 Routes: ``POST /v1/classify``, ``POST /v1/tag``, ``POST /v1/generate``; OpenAI-compatible ``GET /v1/models``,
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (SSE streaming; :mod:`adaptune.server.openai`);
@@ -31,11 +33,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaptune import __version__
+from adaptune.inference.errors import PredictorError
+from adaptune.inference.multi import MultiPredictor
 from adaptune.server.batcher import MicroBatcher
-from adaptune.server.engine import CLASSIFY_TASKS, TAG_TASKS, MultiAdapterEngine
-from adaptune.server.errors import ServeError, limit_error
+from adaptune.server.errors import ServeError, http_error, limit_error
 from adaptune.server.metrics import ServingMetrics
 from adaptune.server.schemas import AdapterAction, AdapterList, ErrorBody, Health, PredictRequest, PredictResponse
+from adaptune.tasks.base import TaskKind
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -151,6 +155,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(err, ServeError)
         return _error_response(err)
 
+    async def on_refusal(_request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, PredictorError)
+        return _error_response(http_error(err))
+
     async def on_validation(_request: Request, err: Exception) -> JSONResponse:
         assert isinstance(err, RequestValidationError)
         first = err.errors()[0] if err.errors() else {}
@@ -164,6 +172,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(ServeError(err.status_code, kind, str(err.detail)))
 
     app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(PredictorError, on_refusal)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
 
@@ -183,9 +192,10 @@ def api_key_check(api_key: str | None) -> Callable[..., Awaitable[None]]:
 
 
 class Service:
-    """What the routes share: the engine, the batcher, the tokenising thread, the limits and the metrics."""
+    """What the routes share: the predictor (``engine``), the batcher, the tokenising thread, the limits and the
+    metrics."""
 
-    def __init__(self, engine: MultiAdapterEngine, settings: ServerSettings) -> None:
+    def __init__(self, engine: MultiPredictor, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
         engine.max_input_tokens = settings.max_input_tokens  # one source for the limit
@@ -211,15 +221,15 @@ class Service:
                 "max_batch", f"{count} inputs in one request; this server's max_batch is {self.settings.max_batch}"
             )
 
-    async def predict(self, body: PredictRequest, tasks: frozenset[str]) -> JSONResponse:
+    async def predict(self, body: PredictRequest, kind: TaskKind) -> JSONResponse:
         """Validate and tokenise, then queue the rows for a mixed batch. Small requests are tokenised on the event
         loop (a thread hop costs more than the tokenizer); large ones on the tokenising thread."""
         self.check_count(len(body.inputs))
         if _size(body.inputs) <= INLINE_TOKENIZE_CHARS:
-            rows = self.engine.prepare(body.adapter, body.inputs, tasks)
+            rows = self.engine.prepare(body.adapter, body.inputs, kind)
         else:
             loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(self.prep, self.engine.prepare, body.adapter, body.inputs, tasks)
+            rows = await loop.run_in_executor(self.prep, self.engine.prepare, body.adapter, body.inputs, kind)
         predictions = await self.batcher.submit(rows)
         # the body is PredictResponse; built directly, since validating every nested prediction again costs more
         # than the rest of the request's HTTP handling
@@ -238,8 +248,8 @@ class Service:
             )
 
 
-def create_app(engine: MultiAdapterEngine, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI application serving ``engine``'s adapters under ``settings``."""
+def create_app(engine: MultiPredictor, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``engine``'s adapters (a :class:`MultiPredictor`) under ``settings``."""
     service = Service(engine, settings or ServerSettings())
 
     @asynccontextmanager
@@ -274,13 +284,13 @@ def create_app(engine: MultiAdapterEngine, settings: ServerSettings | None = Non
 def _add_prediction_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
     @app.post("/v1/classify", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
     async def classify(body: PredictRequest) -> JSONResponse:
-        """Classify each input with a sequence-classification adapter (label, score, scores)."""
-        return await service.predict(body, CLASSIFY_TASKS)
+        """Classify each input with an adapter whose task classifies (label, score, scores)."""
+        return await service.predict(body, "classify")
 
     @app.post("/v1/tag", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
     async def tag(body: PredictRequest) -> JSONResponse:
-        """Tag each input with a token-classification adapter: entities with character offsets (start, end)."""
-        return await service.predict(body, TAG_TASKS)
+        """Tag each input with an adapter whose task tags tokens: entities with character offsets (start, end)."""
+        return await service.predict(body, "tag")
 
 
 def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:

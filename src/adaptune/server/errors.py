@@ -1,8 +1,21 @@
-"""The one error type of the server: an HTTP status and the JSON body ``{"error": {"type", "limit", "message"}}``."""
+"""The server's errors: :class:`ServeError` (an HTTP status and the JSON body ``{"error": {"type", "limit",
+"message"}}``) and the HTTP status of each refusal of the core predictor (:mod:`adaptune.inference.errors`)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from adaptune.inference.errors import (
+    AdapterAlreadyLoaded,
+    AdapterNameError,
+    AdapterNotFound,
+    AdapterRefused,
+    AdapterUnloaded,
+    InvalidInput,
+    LimitExceeded,
+    PredictorError,
+    WrongTask,
+)
 
 
 class ServeError(Exception):
@@ -27,3 +40,23 @@ class ServeError(Exception):
 def limit_error(limit: str, message: str, status: int = 400) -> ServeError:
     """A request over one of the server's limits (413 for the body size, 400 otherwise)."""
     return ServeError(status, "limit_exceeded", message, limit=limit)
+
+
+#: The HTTP status of each refusal of the core predictor (any other :class:`PredictorError`: 400).
+STATUS: dict[type[PredictorError], int] = {
+    AdapterNameError: 400,
+    AdapterNotFound: 404,
+    AdapterAlreadyLoaded: 409,
+    AdapterRefused: 422,
+    WrongTask: 400,
+    InvalidInput: 400,
+    LimitExceeded: 400,
+    AdapterUnloaded: 503,
+}
+
+
+def http_error(err: PredictorError) -> ServeError:
+    """The :class:`ServeError` answering a refusal of the core predictor: its status from :data:`STATUS`, its
+    ``kind`` as the error type, its limit and message as they are."""
+    status = next((code for cls, code in STATUS.items() if isinstance(err, cls)), 400)
+    return ServeError(status, err.kind, err.message, limit=err.limit)

@@ -4,7 +4,7 @@
 ``max_wait_ms`` of each other for one adapter, with the same ``chat`` flag and decoding settings, are decoded in
 one :func:`adaptune.generation.generate_requests` call (up to ``max_batch`` prompts), each with its own
 ``max_tokens`` and ``stop``; seeded sampled requests run alone, so that their text never depends on other
-requests (:meth:`adaptune.server.engine.MultiAdapterEngine.generate_jobs`). Everything runs on the adapter's
+requests (:meth:`adaptune.inference.multi.MultiPredictor.generate_jobs`). Everything runs on the adapter's
 own model, on a generation thread beside the classify/tag micro-batches. Streams
 (:func:`~adaptune.generation.stream`) are not batched: they advance one step per call on that thread, so
 concurrent streams take turns token by token.
@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from adaptune.generation import Generation, GenerationConfig, Prompt
-from adaptune.server.engine import GenerationJob
+from adaptune.inference.jobs import GenerationJob
 from adaptune.server.errors import ServeError
 from adaptune.server.schemas import (
     ChatRequest,

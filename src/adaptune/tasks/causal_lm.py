@@ -41,6 +41,7 @@ from adaptune.data.chat import ChatExample, Message, chat_from_row, prompt_ids, 
 from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl_rows
 from adaptune.data.formats.source import Location, Row, read_text_file
 from adaptune.errors import ConfigError, DataError
+from adaptune.generation import generate
 from adaptune.registry import register_task
 from adaptune.tasks.base import Encoded, EvalOutput, PredictContext, Task
 from adaptune.tasks.pooling import pool
@@ -356,7 +357,6 @@ class CausalLM(Task[ChatExample]):
     ) -> dict[str, float]:
         """With ``eval_generate: N``: generate for the first N examples, score them, write the samples file."""
         from adaptune.evaluation.generation import generation_scores
-        from adaptune.generation import generate
         from adaptune.io import atomic_write_text
 
         chosen = [ex for ex in examples if ex.last_assistant() is not None][: self.config.eval_generate]

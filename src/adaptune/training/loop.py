@@ -1,8 +1,9 @@
 """The one training loop, shared by every method and task.
 
 AdamW with warmup and linear/cosine decay, gradient accumulation and clipping, optional bf16 autocast (weights
-stay fp32), evaluation every N steps or each epoch, best-weights tracking on a named metric, early stopping, a
-JSONL metrics log, a progress bar, and checkpoints from which a killed run resumes to the same result.
+stay fp32), evaluation every N steps or each epoch, best-weights tracking on a named metric and a progress bar.
+Early stopping, the JSONL metrics log and the checkpoints from which a killed run resumes to the same result are
+callbacks (:mod:`adaptune.training.callbacks`), as is anything a user adds.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import torch
 from adaptune.config import RunConfig, flatten
 from adaptune.data.batching import train_batches
 from adaptune.errors import ConfigError
+from adaptune.methods.base import ParamGroup, ParamGroups
 from adaptune.model import AdaptedModel
+from adaptune.registry import methods_with
 from adaptune.tasks.base import Encoded, EvalOutput
+from adaptune.training.callbacks import Callback, CallbackList, StepRecord, default_callbacks
 from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
 from adaptune.training.fast import FastPath
-from adaptune.training.logging import MetricsLog, ProgressBar
+from adaptune.training.logging import ProgressBar
 from adaptune.training.neftune import noisy_embeddings
-from adaptune.training.schedule import LORA_B_SUFFIX, build_optimizer, build_scheduler
+from adaptune.training.schedule import build_optimizer, build_scheduler
 
 Evaluator = Callable[[AdaptedModel], EvalOutput]
 
@@ -51,7 +55,8 @@ class FitResult:
 
 @dataclass
 class Window:
-    """Running totals since the last log line: real (non-pad) tokens, summed batch losses, compute seconds."""
+    """Running totals over some batches (one optimiser step's, or those since the last log line): real (non-pad)
+    tokens, summed batch losses, compute seconds."""
 
     tokens: int = 0
     loss: float = 0.0
@@ -79,7 +84,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Runs the loop for one :class:`AdaptedModel` on encoded training examples."""
+    """Runs the loop for one :class:`AdaptedModel` on encoded training examples.
+
+    ``callbacks`` (:class:`~adaptune.training.callbacks.Callback`) run after the run's own ones (metrics log,
+    early stopping, checkpoints: :func:`~adaptune.training.callbacks.default_callbacks`), in the order given.
+    """
 
     def __init__(
         self,
@@ -92,29 +101,35 @@ class Trainer:
         metric: str,
         pad_id: int,
         padding_side: str = "right",
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model, self.train, self.config, self.out_dir = model, train, config, out_dir
         self.cfg = config.training
         self.evaluate, self.metric, self.pad_id, self.padding_side = evaluate, metric, pad_id, padding_side
+        self.callbacks = CallbackList([*default_callbacks(self.cfg), *callbacks])
         self.lengths = [len(e) for e in train]
         self.batches_per_epoch = math.ceil(len(train) / config.data.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.grad_accum_steps)
         self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.steps_per_epoch)
         lr = self.cfg.learning_rate or model.method.default_learning_rate
         named = list(model.adapter_parameters().items()) + list(model.head.named_parameters())
-        if self.cfg.loraplus_lr_ratio is not None and not any(n.endswith(LORA_B_SUFFIX) for n, _p in named):
+        if not named:
             raise ConfigError(
-                f"config key 'training.loraplus_lr_ratio' = {self.cfg.loraplus_lr_ratio} needs LoRA B matrices to "
-                f"train, and method '{config.method.name}' has none: use method lora (or a stack with lora)"
+                f"nothing to train: method '{config.method.name}' adds no parameters and task '{config.task.name}' "
+                "keeps its head frozen; choose a method that trains part of the backbone (adaptune methods lists them)"
             )
-        self.optimizer = build_optimizer(named, lr, self.cfg.weight_decay, loraplus_lr_ratio=self.cfg.loraplus_lr_ratio)
+        groups = self._method_groups()
+        self.optimizer = build_optimizer(named, lr, self.cfg.weight_decay, groups=groups)
         warmup = round(self.cfg.warmup_ratio * self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, warmup=warmup, total=self.total_steps, kind=self.cfg.scheduler)
         self.state = LoopState()
+        self.resumed = False
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_eval: EvalOutput | None = None
         self.ckpt_root = out_dir / "checkpoints"
         self.train_tokens, self.train_seconds = 0, 0.0
+        self.window = Window()  # since the last log line: the progress bar and the logged training figures
+        self.bar: ProgressBar | None = None
         self.fingerprint = config.fingerprint()
         self.config_flat = {
             k: v
@@ -122,6 +137,24 @@ class Trainer:
             if k not in ("training.progress", "training.output_dir")
         }
         self.fast = FastPath(model, self.cfg, self.lengths, out_dir, padding_side)
+
+    def _method_groups(self) -> list[ParamGroup]:
+        """The method's own optimiser groups (:class:`ParamGroups`: LoRA+); a :class:`ConfigError` when
+        ``training.loraplus_lr_ratio`` is set and the method gives none."""
+        method = self.model.method
+        groups = method.param_groups(self.model.backbone, self.cfg) if isinstance(method, ParamGroups) else []
+        if self.cfg.loraplus_lr_ratio is not None and not any(group.names for group in groups):
+            raise ConfigError(
+                f"config key 'training.loraplus_lr_ratio' = {self.cfg.loraplus_lr_ratio} needs a method that "
+                f"gives its parameters their own learning rate, and method '{self.config.method.name}' gives "
+                f"none: use one of {', '.join(methods_with(ParamGroups))} (a stack with a trainable lora member)"
+            )
+        return groups
+
+    def message(self, text: str, style: str | None = None) -> None:
+        """A console line (on stderr, when ``training.progress``), printed above the progress bar."""
+        if self.bar is not None:
+            self.bar.message(text, style)
 
     # -- resume ---------------------------------------------------------------------------------------------
     def resume(self, checkpoint: Path | None = None) -> bool:
@@ -141,6 +174,7 @@ class Trainer:
         return True
 
     def checkpoint(self) -> None:
+        """Write a resumable checkpoint of the current step (the :class:`Checkpointing` callback calls this)."""
         save_checkpoint(
             self.ckpt_root,
             loop=self.state,
@@ -157,35 +191,38 @@ class Trainer:
         """Train until ``total_steps``, early stopping, or the end of the epochs."""
         seed_everything(self.cfg.seed)
         self.model.mark_trainable()
-        resumed = self.resume() if resume else False
-        log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.state.step if resumed else None)
-        with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as bar:
-            if resumed:
-                bar.message(f"resumed from step {self.state.step}")
+        self.resumed = self.resume() if resume else False
+        with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as self.bar:
+            if self.resumed:
+                self.message(f"resumed from step {self.state.step}")
+            self.callbacks.on_fit_start(self)
             embeddings = self.model.backbone.get_input_embeddings()
             try:
                 with noisy_embeddings(self.model, embeddings, self.cfg.neftune_noise_alpha):
                     while self.state.step < self.total_steps and not self.state.stopped_early:
-                        self._epoch(log, bar)
+                        self._epoch()
             finally:
                 self.fast.close()
+            self.callbacks.on_fit_end(self)
         return FitResult(
             self.state, self.best_state, self.last_eval, self.metric, self.train_tokens, self.train_seconds
         )
 
-    def _epoch(self, log: MetricsLog, bar: ProgressBar) -> None:
+    def _epoch(self) -> None:
         """Run the rest of the current epoch (or until the last step, or early stopping)."""
+        epoch = self.state.epoch
         batches = train_batches(
             self.lengths,
             self.config.data.batch_size,
             seed=self.cfg.seed,
-            epoch=self.state.epoch,
+            epoch=epoch,
             bucket=self.config.data.bucket_by_length,
         )
         accum = self.cfg.grad_accum_steps
         self.model.train()
         self.fast.train_mode()
-        window = Window()
+        self.window, step = Window(), Window()
+        self.callbacks.on_epoch_start(self, epoch)
         for index in range(self.state.batch_in_epoch, len(batches)):
             group_first = index - index % accum
             group_end = min(len(batches), group_first + accum)
@@ -195,36 +232,37 @@ class Trainer:
             self.state.batch_in_epoch = index + 1
             if index + 1 == group_end:
                 self._optimizer_step()
-            window.add(int(batch["attention_mask"].sum()), loss, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            for window in (step, self.window):
+                window.add(int(batch["attention_mask"].sum()), loss, seconds)
             if index + 1 < group_end:
                 continue
-            bar.update(self.state.step, window.mean_loss, window.tokens_per_s)
-            if self.state.step % self.cfg.log_every == 0:
-                log.write(
-                    {
-                        "step": self.state.step,
-                        "epoch": self._epoch_float(),
-                        "train_loss": window.mean_loss,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "tokens_per_s": window.tokens_per_s,
-                    }
-                )
-                self._account(window)
-                window = Window()
+            self._end_step(step)
+            step = Window()
             last_of_epoch = index + 1 == len(batches)
             if last_of_epoch:
-                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+                self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
             if self._eval_due(last_of_epoch):
-                self._evaluate(log, bar)
-                self.checkpoint()
+                self._evaluate()
+                self.callbacks.on_checkpoint(self)
             if self.state.step >= self.total_steps or self.state.stopped_early:
                 break
-        self._account(window)
+        self.callbacks.on_epoch_end(self, epoch)
 
-    def _account(self, window: Window) -> None:
-        """Add a window's tokens and compute time (evaluation and checkpoints excluded) to the run totals."""
-        self.train_tokens += window.tokens
-        self.train_seconds += window.seconds
+    def _end_step(self, step: Window) -> None:
+        """Count a finished optimiser step (compute time only) and report it; a log record every ``log_every``."""
+        self.train_tokens += step.tokens
+        self.train_seconds += step.seconds
+        lr = self.scheduler.get_last_lr()[0]
+        epoch = self._epoch_float()
+        record = StepRecord(self.state.step, epoch, step.tokens, step.seconds, step.mean_loss, lr)
+        self.callbacks.on_step_end(self, record)
+        if self.bar is not None:
+            self.bar.update(self.state.step, self.window.mean_loss, self.window.tokens_per_s)
+        if self.state.step % self.cfg.log_every == 0:
+            figures = {"train_loss": self.window.mean_loss, "lr": lr, "tokens_per_s": self.window.tokens_per_s}
+            self.callbacks.on_log(self, {"step": self.state.step, "epoch": epoch, **figures})
+            self.window = Window()
 
     def _backward(self, batch: dict[str, torch.Tensor], indices: list[int], scale: float) -> float:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
@@ -235,6 +273,7 @@ class Trainer:
         return float(loss.detach())
 
     def _optimizer_step(self) -> None:
+        self.callbacks.on_before_optimizer_step(self)
         if self.cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(self.model.trainable()), self.cfg.max_grad_norm)
         self.optimizer.step()
@@ -251,7 +290,8 @@ class Trainer:
             return final or self.state.step % self.cfg.eval_every == 0
         return final or last_of_epoch
 
-    def _evaluate(self, log: MetricsLog, bar: ProgressBar) -> None:
+    def _evaluate(self) -> None:
+        """Score dev, log it, track the best weights; then the callbacks' ``on_evaluate`` (early stopping)."""
         if self.evaluate is None:
             self.best_state = None
             return
@@ -265,12 +305,18 @@ class Trainer:
             raise ConfigError(
                 f"config key 'training.metric' = {self.metric!r}: the task reports {', '.join(result.headline)}"
             )
-        value = result.headline[self.metric]
-        if self.metric.endswith("loss"):
-            value = -value  # lower is better; stored negated so "greater is better" holds everywhere
         record: dict[str, Any] = {"step": self.state.step, "epoch": self._epoch_float()}
         record.update({f"eval_{k}": v for k, v in result.headline.items()})
-        log.write(record)
+        self.callbacks.on_log(self, record)
+        improved = self._track_best(result.headline[self.metric])
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.headline.items())
+        self.message(f"step {self.state.step}: dev {shown}" + ("  (best)" if improved else ""))
+        self.callbacks.on_evaluate(self, result, improved)
+
+    def _track_best(self, value: float) -> bool:
+        """Keep the weights when ``value`` of the metric is the best so far; count evaluations without gain."""
+        if self.metric.endswith("loss"):
+            value = -value  # lower is better; stored negated so "greater is better" holds everywhere
         improved = self.state.best_metric is None or value > self.state.best_metric
         if improved:
             self.state.best_metric, self.state.best_step = value, self.state.step
@@ -278,20 +324,4 @@ class Trainer:
             self.best_state = {k: v.clone() for k, v in self.model.trainable_state().items()}
         else:
             self.state.evals_without_gain += 1
-            patience = self.cfg.early_stopping_patience
-            self.state.stopped_early = patience is not None and self.state.evals_without_gain >= patience
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.headline.items())
-        bar.message(f"step {self.state.step}: dev {shown}" + ("  (best)" if improved else ""))
-        if self.state.stopped_early:
-            bar.message(self._early_stop_line(), style="bold")
-
-    def _early_stop_line(self) -> str:
-        """The console line announcing early stopping (``results.json`` records it as ``stopped_early``)."""
-        best = self.state.best_metric or 0.0
-        shown = -best if self.metric.endswith("loss") else best
-        evals = self.state.evals_without_gain
-        return (
-            f"early stopping at step {self.state.step} of {self.total_steps}: no dev {self.metric} gain in "
-            f"{evals} evaluation{'s' if evals != 1 else ''} (training.early_stopping_patience); keeping step "
-            f"{self.state.best_step} (dev {self.metric} {shown:.4f})"
-        )
+        return improved

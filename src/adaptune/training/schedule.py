@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-#: The tensors LoRA+ gives the higher learning rate: LoRA's B matrices (``lora_b``), wherever a method keeps them.
-LORA_B_SUFFIX = "lora_b.weight"
+from adaptune.methods.base import ParamGroup
 
 
 def build_optimizer(
-    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, *, loraplus_lr_ratio: float | None = None
+    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, *, groups: Sequence[ParamGroup] = ()
 ) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and norm weights (1-d tensors), as is standard for transformers. With
-    ``loraplus_lr_ratio`` (LoRA+, Hayou et al. 2024) LoRA's B matrices learn at ``lr * loraplus_lr_ratio``; the
-    groups keep their ratio under the schedule, which scales every group's initial rate."""
-    decay, no_decay, fast = [], [], []
+    """AdamW; no weight decay on biases and norm weights (1-d tensors), as is standard for transformers.
+
+    ``groups`` are the method's own (:class:`~adaptune.methods.base.ParamGroups`, e.g. LoRA+'s B matrices,
+    Hayou et al. 2024): each becomes one more optimiser group, with weight decay, learning at ``lr * lr_scale``
+    (groups with the same label and scale, a stack's LoRA members, share one); the groups keep their ratio under
+    the schedule, which scales every group's initial rate. Optimiser groups in order: decay, no decay, then the
+    method's (empty ones left out), the layout a checkpoint's optimiser state has.
+    """
+    kinds = list(dict.fromkeys((group.label, float(group.lr_scale)) for group in groups))
+    kind_of = {name: kinds.index((g.label, float(g.lr_scale))) for g in groups for name in g.names}
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    own: list[list[nn.Parameter]] = [[] for _ in kinds]
     for name, param in named:
-        if loraplus_lr_ratio is not None and name.endswith(LORA_B_SUFFIX):
-            fast.append(param)
+        if name in kind_of:
+            own[kind_of.pop(name)].append(param)
         else:
             (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if fast:
-        groups.append({"params": fast, "weight_decay": weight_decay, "lr": lr * float(loraplus_lr_ratio or 1.0)})
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    if kind_of:
+        raise ValueError(f"optimiser groups name parameters that are not trained: {', '.join(sorted(kind_of))}")
+    settings = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for (_label, scale), params in zip(kinds, own, strict=True):
+        settings.append({"params": params, "weight_decay": weight_decay, "lr": lr * scale})
+    return torch.optim.AdamW([g for g in settings if g["params"]], lr=lr)
 
 
 def lr_multiplier(step: int, *, warmup: int, total: int, kind: str) -> float:

@@ -1,6 +1,8 @@
 """Prediction: run an :class:`AdaptedModel` over examples, and the :class:`Predictor` users load adapters with.
 
-``Predictor.load(path).predict(texts)`` is the Python API behind ``adaptune predict`` and the server.
+``Predictor.load(path).predict(texts)`` is the Python API behind ``adaptune predict``;
+:class:`~adaptune.inference.multi.MultiPredictor` (one base model, many adapters, mixed-adapter batches) is the
+one behind ``adaptune serve``. Both build an adapter's model with :func:`adapter_model`.
 """
 
 from __future__ import annotations
@@ -219,18 +221,13 @@ class Predictor:
 def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> AdaptedModel:
     """Rebuild the trained model from an adapter file, checking that the base weights are the same."""
     desc = adapter.config
-    config_path = adapter.path / CONFIG_FILE
     base_desc = desc["base_model"]
     base_cfg = {
         "name_or_path": base or base_desc["name_or_path"],
         "gguf_file": base_desc.get("gguf_file"),
         "pooling": desc["pooling"],
     }
-    try:
-        run = validate_config({"method": desc["method"], "task": desc["task"], "model": base_cfg})
-        model_cfg = run.model
-    except ConfigError as err:  # e.g. a method this version does not know
-        raise AdapterFileError(f"{config_path} cannot be used by this adaptune: {err}") from None
+    model_cfg = _run_config(adapter, base_cfg).model
     try:
         backbone = load_backbone(model_cfg)
     except ConfigError as err:
@@ -239,9 +236,29 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
             f"({err}); pass the base model's folder as base=..."
         ) from None
     check_base(desc, fingerprint(backbone.model), where=f"adapter {adapter.path}", this=f"'{model_cfg.name_or_path}'")
+    return adapter_model(adapter, backbone)
+
+
+def adapter_model(adapter: AdapterFile, backbone: Backbone, *, with_state: bool = True) -> AdaptedModel:
+    """The adapter's method, task and head (from its config) on ``backbone``, which the caller has checked to be
+    the adapter's base; with ``with_state`` its learned state too (:func:`load_adapter_state`). What
+    :func:`model_from_adapter` and the multi-adapter predictor (:mod:`adaptune.inference.multi`) both build."""
+    run = _run_config(adapter)
     model = build_model(backbone, run.method, run.task, adapter.labels)
-    load_adapter_state(model, adapter)
+    if with_state:
+        load_adapter_state(model, adapter)
     return model
+
+
+def _run_config(adapter: AdapterFile, model: dict[str, Any] | None = None) -> Any:
+    """The adapter's method and task configs (and ``model``'s), validated; an :class:`AdapterFileError` if this
+    version of adaptune cannot use them (e.g. a method it does not know)."""
+    desc = adapter.config
+    given = {"method": desc["method"], "task": desc["task"], **({"model": model} if model is not None else {})}
+    try:
+        return validate_config(given)
+    except ConfigError as err:
+        raise AdapterFileError(f"{adapter.path / CONFIG_FILE} cannot be used by this adaptune: {err}") from None
 
 
 def load_adapter_state(model: AdaptedModel, adapter: AdapterFile) -> None:

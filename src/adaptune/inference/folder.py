@@ -1,16 +1,18 @@
-"""Adapters as the server holds them: safe names, the adapter folder, and one loaded adapter (:class:`Entry`).
+"""Adapters as the multi-adapter predictor holds them: safe names, the adapters folder, one loaded adapter.
 
-Every adapter is built on a *structural copy* of the shared base model: a new module tree whose parameters and
-buffers are the base's own tensors (no weights are copied), so the method can attach its modules and hooks without
-touching the model other adapters use. Then:
+Every adapter is built (:func:`adaptune.inference.adapter_model`, as :func:`~adaptune.inference.model_from_adapter`
+builds it) on a *structural copy* of the shared base model: a new module tree whose parameters and buffers are the
+base's own tensors (no weights are copied), so the method can attach its modules and hooks without touching the
+model other adapters use. Then, by what the method and the task declare (never by their names):
 
-* ``lora`` (plain, not DoRA), ``bottleneck`` and ``head`` adapters are served **per row**: their LoRA and
-  bottleneck modules are handed to :class:`~adaptune.server.batched.MultiAdapterLayers` on the shared base, and the
-  copy is dropped. Rows of any mix of these adapters run in one forward pass.
-* every other method (``prefix``, ``prompt``, ``ia3``, ``bitfit``, ``stack``, DoRA) keeps its copy with the method
-  attached, a private :class:`~adaptune.model.AdaptedModel`; the engine runs its rows as a group (one forward per
-  such adapter per micro-batch). Tensors the method overwrites in the base (BitFit's biases) are private clones.
-* generation adapters (``causal_lm``) always keep their private model: generation is grouped per adapter.
+* a method with a per-row form (:class:`~adaptune.methods.base.PerRowBatched`, ``per_row_parts`` not None: plain
+  LoRA, bottleneck, head-only) on a task that does not generate is served **per row**: its parts go to the shared
+  base's :class:`~adaptune.per_row.MultiAdapterLayers` and the copy is dropped, so rows of any mix of such
+  adapters run in one forward pass;
+* every other adapter (prefix, prompt, IA3, BitFit, stacks, DoRA, and every adapter of a ``generate`` task) keeps
+  its copy with the method attached, a private :class:`~adaptune.model.AdaptedModel`; its rows run as a group
+  (one forward per such adapter per batch). Tensors the method overwrites in the base (BitFit's biases) are
+  private clones.
 """
 
 from __future__ import annotations
@@ -24,29 +26,17 @@ from typing import Any
 from torch import nn
 
 from adaptune.backbone import Backbone
-from adaptune.config import validate_config
 from adaptune.errors import AdapterFileError, ConfigError
-from adaptune.inference import load_adapter_state
+from adaptune.inference import adapter_model, load_adapter_state
+from adaptune.inference.errors import AdapterNameError, AdapterRefused
 from adaptune.io import CONFIG_FILE, AdapterFile, BaseMismatch, check_base, load_adapter, read_adapter_config
-from adaptune.methods.bottleneck import BottleneckAdapter
-from adaptune.methods.lora import LoRA
+from adaptune.methods.base import PerRowBatched, PerRowPart, changes_inputs
 from adaptune.model import AdaptedModel
-from adaptune.registry import build_method, build_task
+from adaptune.registry import task_registration
+from adaptune.tasks.base import Task
 
 #: Allowed adapter names: a folder name directly inside the adapters folder, nothing that walks out of it.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-#: Methods whose modules the shared base can apply per row.
-PER_ROW_METHODS = frozenset({"lora", "bottleneck", "head"})
-#: Tasks served by ``/v1/generate`` and the OpenAI endpoints rather than by the forward batcher.
-GENERATION_TASKS = frozenset({"causal_lm"})
-
-
-class AdapterNameError(ValueError):
-    """An adapter name that could reach outside the adapters folder (``/``, ``..``, ``\\``, absolute paths)."""
-
-
-class AdapterRefused(ValueError):
-    """An adapter folder the server cannot serve on its base (another base model, unknown method ...)."""
 
 
 def check_name(name: str) -> str:
@@ -86,22 +76,21 @@ def structural_copy(model: nn.Module, private: frozenset[int] = frozenset()) -> 
 
 @dataclass
 class Entry:
-    """One loaded adapter: its description, task, labels and head, and how the engine runs it.
+    """One loaded adapter: its description, task, labels and head, and how the predictor runs it.
 
-    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its LoRA and bottleneck
-    modules live in the shared layers); 0 when it runs on its private ``model``.
+    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its ``parts`` live in the
+    shared layers); 0 when it runs on its private ``model``.
     """
 
     name: str
     path: Path
     config: dict[str, Any]
-    task: Any
+    task: Task[Any]
     head: nn.Module
     labels: list[str]
     model: AdaptedModel | None = None
     index: int = 0
-    loras: dict[str, LoRA] = field(default_factory=dict)
-    bottlenecks: dict[str, BottleneckAdapter] = field(default_factory=dict)
+    parts: list[PerRowPart] = field(default_factory=list)
 
     @property
     def task_name(self) -> str:
@@ -110,6 +99,11 @@ class Entry:
     @property
     def method_name(self) -> str:
         return str(self.config["method"]["name"])
+
+    @property
+    def kind(self) -> str:
+        """What the task predicts (:data:`~adaptune.tasks.base.TaskKind`)."""
+        return str(self.task.kind)
 
     @property
     def max_length(self) -> int:
@@ -156,55 +150,49 @@ def build_entry(name: str, path: Path, template: Backbone, base_fingerprint: str
         raise AdapterRefused(str(err)) from None
     model.eval()
     entry = Entry(name, path, adapter.config, model.task, model.head, list(model.labels), model)
-    if _per_row_ok(adapter.config, model):
-        entry.loras, entry.bottlenecks = harvest(model)
+    parts = per_row_parts(model)
+    if parts is not None:
+        entry.parts = parts
         entry.model = None  # drop the private module tree: the shared layers hold what it added
     return entry
 
 
+def per_row_parts(model: AdaptedModel) -> list[PerRowPart] | None:
+    """What the shared base applies per row for ``model`` (:class:`~adaptune.methods.base.PerRowBatched`), or
+    None when it runs on its own model: a method without a per-row form (or one that changes the inputs), or a
+    task that generates (generation runs per adapter)."""
+    method = model.method
+    if model.task.kind == "generate" or changes_inputs(method) or not isinstance(method, PerRowBatched):
+        return None
+    return method.per_row_parts(model.backbone)
+
+
 def _build_model(adapter: AdapterFile, template: Backbone) -> AdaptedModel:
     """The adapter's :class:`AdaptedModel` on a copy of ``template`` that shares the base tensors it never writes."""
-    desc = adapter.config
-    run = validate_config({"method": desc["method"], "task": desc["task"]})
     shared = {id(t) for t in [*template.model.parameters(), *template.model.buffers()]}
-    model = _assemble(adapter, template, run, frozenset())
+    model = adapter_model(adapter, _copy(adapter, template, frozenset()), with_state=False)
     written = frozenset(id(p) for p in model.stored_parameters().values()) & shared
     if written:  # e.g. BitFit trains the base's own biases: give this adapter private copies of them
-        model = _assemble(adapter, template, run, written)
+        model = adapter_model(adapter, _copy(adapter, template, written), with_state=False)
     load_adapter_state(model, adapter)
     return model
 
 
-def _assemble(adapter: AdapterFile, template: Backbone, run: Any, private: frozenset[int]) -> AdaptedModel:
-    """Method and task on a structural copy of ``template``; generation adapters get their own tokenizer too
-    (a fast tokenizer must not be used by two threads at once, and generation runs on its own thread)."""
+def _copy(adapter: AdapterFile, template: Backbone, private: frozenset[int]) -> Backbone:
+    """A structural copy of ``template`` for ``adapter``; adapters of a generating task get their own tokenizer
+    too (a fast tokenizer must not be used by two threads at once, and generation runs on its own thread)."""
     tokenizer = template.tokenizer
-    if run.task.name in GENERATION_TASKS:
+    if _generates(adapter):
         tokenizer = copy.deepcopy(tokenizer)
-    backbone = replace(
+    return replace(
         template,
         model=structural_copy(template.model, private),
         tokenizer=tokenizer,
         pooling=adapter.config["pooling"],
     )
-    return AdaptedModel(backbone, build_method(run.method), build_task(run.task), adapter.labels)
 
 
-def _per_row_ok(config: dict[str, Any], model: AdaptedModel) -> bool:
-    """Whether the shared base can serve this adapter per row: plain LoRA, bottleneck or head, not generation."""
-    if config["method"]["name"] not in PER_ROW_METHODS or config["task"]["name"] in GENERATION_TASKS:
-        return False
-    return not any(isinstance(m, LoRA) and m.magnitude is not None for m in model.modules())
-
-
-def harvest(model: AdaptedModel) -> tuple[dict[str, LoRA], dict[str, BottleneckAdapter]]:
-    """The LoRA and bottleneck modules the method added, by the name of the base module they adapt."""
-    loras: dict[str, LoRA] = {}
-    bottlenecks: dict[str, BottleneckAdapter] = {}
-    for host_name, host in model.backbone.named_modules():
-        for child in host.children():
-            if isinstance(child, LoRA):
-                loras[host_name] = child
-            elif isinstance(child, BottleneckAdapter):
-                bottlenecks[host_name] = child
-    return loras, bottlenecks
+def _generates(adapter: AdapterFile) -> bool:
+    """Whether the adapter's task is of kind ``generate`` (read from the registered task class)."""
+    factory = task_registration(str(adapter.config["task"]["name"])).factory
+    return getattr(factory, "kind", None) == "generate"

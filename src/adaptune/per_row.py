@@ -1,0 +1,197 @@
+"""Per-row adapter selection: one forward pass of a shared base model serves rows of many adapters.
+
+Every host module that some loaded adapter adapts gets one *multi-adapter kernel* per kind of change (a LoRA
+update, a bottleneck after the output ...): a forward hook that holds the weights of all loaded adapters at that
+host stacked along a leading adapter axis. Methods declare what they attached through
+:class:`~adaptune.methods.base.PerRowBatched` (``per_row_parts``); each :class:`~adaptune.methods.base.PerRowPart`
+names its host, its module and the kernel class that serves it (the kernels live beside their methods:
+``MultiLoRA`` in :mod:`adaptune.methods.lora`, ``MultiBottleneck`` in :mod:`adaptune.methods.bottleneck`).
+
+A batch carries a row -> adapter index ``rows: (B,)`` (0 = the plain base model); :meth:`MultiAdapterLayers.select`
+binds it to every kernel for the duration of one forward and clears it afterwards, so no state outlives the
+batch. At each host a :class:`SlotTable` maps the global adapter index to the local slot of that host's stacked
+weights; slot 0 holds zeros (or the identity), so a row whose adapter does not touch a host passes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from adaptune.padding_free import Packing
+
+if TYPE_CHECKING:
+    from adaptune.methods.base import PerRowPart
+
+M = TypeVar("M")  # what a kernel keeps per member adapter
+
+
+class SlotTable:
+    """Global adapter index -> local slot at one host (slot 0: no adapter here), rebuilt on load and unload."""
+
+    def __init__(self) -> None:
+        self.slot_of = torch.zeros(1, dtype=torch.long)
+        self.local: torch.Tensor | None = None  # (B,) local slots of the batch being run; None outside a batch
+        # a packed (padding-free) batch: (slot, start, end) token ranges of the one packed row, slot 0 left out
+        self.segments: list[tuple[int, int, int]] | None = None
+        self.tokens = 0
+
+    def rebuild(self, indices: list[int]) -> None:
+        """``indices``: the global index of each adapter at this host, in slot order (slots 1..n)."""
+        table = torch.zeros(max([0, *indices]) + 1, dtype=torch.long)
+        for slot, index in enumerate(indices, start=1):
+            table[index] = slot
+        self.slot_of = table
+
+    def bind(self, rows: torch.Tensor) -> bool:
+        """Set the batch's local slots from ``rows: (B,)``; True when some row uses an adapter at this host."""
+        size = self.slot_of.numel()
+        local = torch.where(rows < size, self.slot_of[rows.clamp(max=size - 1)], 0)  # newer adapters: not here
+        self.local = local
+        return bool(local.any())
+
+    def bind_packing(self, packing: Packing) -> None:
+        """Token ranges per slot for a padding-free pass (rows of one slot next to each other merge into one)."""
+        assert self.local is not None
+        segments: list[tuple[int, int, int]] = []
+        for row, slot in enumerate(self.local.tolist()):
+            start, end = packing.row_starts[row], packing.row_starts[row + 1]
+            if segments and segments[-1][0] == slot and segments[-1][2] == start:
+                segments[-1] = (slot, segments[-1][1], end)
+            else:
+                segments.append((slot, start, end))
+        self.segments = [seg for seg in segments if seg[0] != 0 and seg[2] > seg[1]]
+        self.tokens = packing.tokens
+
+    def packed(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is the packed row ``(1, T, d)`` of the bound padding-free batch."""
+        return self.segments is not None and x.dim() == 3 and x.shape[0] == 1 and x.shape[1] == self.tokens
+
+    def clear(self) -> None:
+        self.local, self.segments, self.tokens = None, None, 0
+
+
+@runtime_checkable
+class PerRowKernel(Protocol):
+    """All loaded adapters' change at one host module, applied row by row (see the module docstring).
+
+    ``for_member(module)`` makes an empty kernel sized for the host that ``module`` (a method's attached module)
+    adapts; ``add``/``remove`` take members by global adapter index, ``rebuild`` stacks their weights after a
+    change; ``bind(rows (B,), packing)`` and ``clear()`` bracket one forward pass; the kernel itself is the host's
+    forward hook, ``kernel(host, args, output) -> output`` with the host's output shape.
+    """
+
+    slots: SlotTable
+    active: bool
+
+    @classmethod
+    def for_member(cls, module: nn.Module) -> PerRowKernel: ...
+
+    def add(self, index: int, module: nn.Module) -> None: ...
+
+    def remove(self, index: int) -> bool: ...
+
+    def rebuild(self) -> None: ...
+
+    def bind(self, rows: torch.Tensor, packing: Packing | None) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def __call__(self, host: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor: ...
+
+
+class SlotKernel(Generic[M]):
+    """The bookkeeping a :class:`PerRowKernel` shares: members by global index, the host's :class:`SlotTable`, and
+    whether the bound batch uses this host at all. Kernels add the stacking (``rebuild``) and the maths."""
+
+    def __init__(self) -> None:
+        self.slots = SlotTable()
+        self.members: dict[int, M] = {}
+        self.active = False
+
+    def rebuild(self) -> None:  # pragma: no cover - every kernel defines it
+        raise NotImplementedError
+
+    def remove(self, index: int) -> bool:
+        """Forget adapter ``index`` here; True if it was a member (the caller then rebuilds)."""
+        return self.members.pop(index, None) is not None
+
+    def bind(self, rows: torch.Tensor, packing: Packing | None) -> None:
+        """Bind a batch's ``rows: (B,)`` (and its packing, for a padding-free pass) for one forward."""
+        self.active = self.slots.bind(rows)
+        if self.active and packing is not None:
+            self.slots.bind_packing(packing)
+
+    def clear(self) -> None:
+        """Forget the bound batch: the hook passes outputs through unchanged."""
+        self.active = False
+        self.slots.clear()
+
+
+class MultiAdapterLayers:
+    """The multi-adapter kernels of one shared base model: one per (host module name, kernel class).
+
+    Adapters are added with :meth:`add` (their :class:`~adaptune.methods.base.PerRowPart` list) under a global
+    index >= 1 and removed with :meth:`remove`; :meth:`select` sets the row -> adapter index for one forward pass.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._kernels: dict[tuple[str, type], PerRowKernel] = {}
+        self._handles: list[RemovableHandle] = []
+
+    def add(self, index: int, parts: Sequence[PerRowPart]) -> None:
+        """Register adapter ``index``: each part joins the kernel of its host and kind (made on first use)."""
+        for part in parts:
+            kernel = self._kernel(part)
+            kernel.add(index, part.module)
+            kernel.rebuild()
+
+    def remove(self, index: int) -> None:
+        """Forget adapter ``index`` everywhere (its slots disappear; hooks of empty hosts stay, inert)."""
+        for kernel in self._kernels.values():
+            if kernel.remove(index):
+                kernel.rebuild()
+
+    def kernels(self) -> list[PerRowKernel]:
+        """Every kernel, in the order their hooks were registered."""
+        return list(self._kernels.values())
+
+    def _kernel(self, part: PerRowPart) -> PerRowKernel:
+        key = (part.host, part.kernel)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = part.kernel.for_member(part.module)
+            host = self.model.get_submodule(part.host)
+            self._handles.append(host.register_forward_hook(kernel))
+            self._kernels[key] = kernel
+        return kernel
+
+    @contextmanager
+    def select(self, rows: torch.Tensor, packing: Packing | None = None) -> Iterator[None]:
+        """Serve row ``i`` of the next forward pass with adapter ``rows[i]`` (0: the base model), then clear.
+
+        ``rows``: ``(B,)`` long. Hosts that no row's adapter touches are switched off for this batch. With
+        ``packing`` (a padding-free pass, :mod:`adaptune.padding_free`) the hosts see the packed row; rows of
+        one adapter should then be next to each other (one token range per adapter).
+        """
+        kernels = self.kernels()
+        try:
+            for kernel in kernels:
+                kernel.bind(rows, packing)
+            yield
+        finally:
+            for kernel in kernels:
+                kernel.clear()
+
+    def close(self) -> None:
+        """Remove every hook: the base model as it was."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._kernels.clear()
