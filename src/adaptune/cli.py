@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from adaptune.cli_common import fail, read_inputs
+from adaptune.cli_common import err_console, fail, read_inputs
 from adaptune.cli_generate import chat, generate
 from adaptune.errors import AdaptuneError
 from adaptune.extras import as_missing_extra
@@ -153,16 +153,32 @@ app.command()(chat)
 
 
 @app.command()
-def info(adapter: Annotated[Path, typer.Argument(help="Adapter folder.")]) -> None:
-    """Show what an adapter is: method, task, labels, base model, sizes, metrics."""
-    from adaptune.io import read_adapter_config
+def info(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder.")],
+    reseal: Annotated[
+        bool,
+        typer.Option(
+            help="Re-sign a hand-edited adapter_config.json: its labels, method, task, pooling, max length "
+            "and reading options become what the tensor file vouches for (prints what changed)."
+        ),
+    ] = False,
+) -> None:
+    """Show what an adapter is: method, task, labels, base model, sizes, metrics, and whether the description
+    still matches what the tensors were saved with."""
+    from adaptune.io import edited_fields, header_metadata, read_adapter_config
+    from adaptune.io import reseal as reseal_adapter
 
     try:
+        if reseal:
+            changed = reseal_adapter(adapter)
+            for line in changed or ["nothing to re-sign: the description is what the tensors were saved with"]:
+                err_console.print(f"re-signed {line}" if changed else line, highlight=False, markup=False)
         desc = read_adapter_config(adapter)
     except AdaptuneError as err:
         fail(err)
         return
     weights = adapter / desc["weights"]["file"]
+    edited = edited_fields(desc, header_metadata(weights.read_bytes())) if weights.is_file() else []
     summary = {
         "method": desc["method"],
         "task": desc["task"],
@@ -174,6 +190,7 @@ def info(adapter: Annotated[Path, typer.Argument(help="Adapter folder.")]) -> No
         "file_bytes": weights.stat().st_size if weights.exists() else None,
         "metrics": desc.get("metrics", {}),
         "format_version": desc["format_version"],
+        "edited_since_saved": edited,
     }
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
 

@@ -3,6 +3,10 @@
 ``adapter_config.json`` describes the adapter completely: format version, method and its config, task and its
 config, label names, the base model (id, type and a fingerprint of its weights), pooling, max length, the data
 reading options, and the size and SHA-256 of the tensor file, so a truncated or altered file is refused on load.
+The tensor file's header in turn holds the description fields that change predictions (:data:`SEALED_FIELDS`:
+labels, method and task configs, pooling, max length, reading options), so an edited ``adapter_config.json`` is
+refused on load too, naming the fields that differ; :func:`reseal` re-signs an intended edit
+(``adaptune info ADAPTER --reseal``).
 Both files are written atomically (temporary file, fsync, rename); the config is written last, so a crash leaves
 either the previous adapter or none, never a half-written one that loads. safetensors only, never pickle.
 """
@@ -29,6 +33,11 @@ from adaptune.errors import AdapterFileError
 if TYPE_CHECKING:
     from adaptune.model import AdaptedModel
 
+#: Description fields that change what an adapter predicts: sealed into the tensor file's header at save (as
+#: canonical JSON under :data:`SEAL_KEY`) and compared on load. The base model, metrics and parameter counts are
+#: not sealed (a different base is caught by its fingerprint; the others are records).
+SEALED_FIELDS = ("method", "task", "task_state", "labels", "pooling", "max_length", "data")
+SEAL_KEY = "adaptune.sealed_description"
 FORMAT_NAME = "adaptune-adapter"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
@@ -99,7 +108,7 @@ def save_adapter(
         description = description.as_json()
     blob = save_safetensors_bytes(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        metadata={"format": "pt"},
+        metadata={"format": "pt", SEAL_KEY: _canonical(sealed_part(description))},
     )
     config = {
         "format": FORMAT_NAME,
@@ -187,7 +196,77 @@ def load_adapter(folder: str | Path) -> AdapterFile:
         tensors = load_safetensors_bytes(blob)
     except SafetensorError as err:
         raise AdapterFileError(f"{weights_path} is not a valid safetensors file: {err}") from None
+    edited = edited_fields(config, header_metadata(blob))
+    if edited:
+        raise AdapterFileError(
+            f"{folder / CONFIG_FILE} was edited after the adapter was saved: {'; '.join(edited)}. The tensors "
+            f"were trained with the saved values, so the adapter is refused. If the edit is intended, re-sign it "
+            f"with: adaptune info {folder} --reseal"
+        )
     return AdapterFile(folder, config, tensors)
+
+
+def sealed_part(description: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SEALED_FIELDS` of a description (missing ones as None)."""
+    return {key: description.get(key) for key in SEALED_FIELDS}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def header_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's JSON header (8-byte little-endian length, then the header)."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + size])
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def edited_fields(config: dict[str, Any], metadata: dict[str, str]) -> list[str]:
+    """For each sealed field whose value in ``config`` differs from the tensor file's seal, ``"field 'x': saved
+    A, now B"``; empty when they agree or the file has no seal (saved before sealing existed)."""
+    raw = metadata.get(SEAL_KEY)
+    if raw is None:
+        return []
+    try:
+        sealed = json.loads(raw)
+    except json.JSONDecodeError:
+        return [f"the seal in {WEIGHTS_FILE} is unreadable"]
+    current = json.loads(_canonical(sealed_part(config)))
+    return [
+        f"field '{key}': saved {_short(sealed.get(key))}, now {_short(current.get(key))}"
+        for key in SEALED_FIELDS
+        if _canonical(sealed.get(key)) != _canonical(current.get(key))
+    ]
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = _canonical(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def reseal(folder: str | Path) -> list[str]:
+    """Re-sign an adapter whose ``adapter_config.json`` was edited on purpose: the tensor file is rewritten with
+    the same tensors and the description's current sealed fields, and the config with the new size and SHA-256
+    (both atomically). The tensor file must still be intact. Returns what was re-signed (as
+    :func:`edited_fields` words it); empty when nothing differed (nothing is written then, unless the file had
+    no seal yet)."""
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    blob = (folder / config["weights"]["file"]).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != config["weights"]["sha256"]:
+        raise AdapterFileError(f"{folder / config['weights']['file']} is corrupt or truncated; it cannot be re-signed")
+    metadata = header_metadata(blob)
+    changed = edited_fields(config, metadata)
+    if not changed and SEAL_KEY in metadata:
+        return []
+    description = {k: v for k, v in config.items() if k not in ("format", "format_version", "weights")}
+    save_adapter(folder, load_safetensors_bytes(blob), description)
+    return changed or ["no seal yet: sealed now"]
 
 
 class BaseModelRecord(BaseModel):

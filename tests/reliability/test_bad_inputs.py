@@ -59,6 +59,11 @@ adapter from a newer format version    core/test_train.py::test_newer_format_is_
 model path missing                     core/test_train.py::test_missing_adapter_and_missing_model (the adapter);
                                        (here) test_missing_model_path, test_model_folder_without_config,
                                        test_cli_missing_model_path, test_cli_predict_missing_input_file
+hub id, no hub reachable               (here) test_hub_id_without_a_hub
+adapter description edited by hand     (here) test_swapped_labels_are_refused_until_resealed,
+                                       test_any_edit_that_changes_predictions_is_refused
+label count the head does not have     (here) test_label_count_that_the_head_does_not_have
+unknown tag in a CoNLL file            (here) test_unknown_tag_names_file_line_and_field
 =====================================  ==========================================================================
 
 Corrupt and truncated checkpoint and adapter files: ``tests/reliability/test_kill_resume.py`` and
@@ -82,11 +87,13 @@ from typer.testing import CliRunner
 
 from adaptune import Predictor, load_config, train
 from adaptune.api import TrainResult
+from adaptune.backbone import load_backbone
 from adaptune.cli import app
-from adaptune.config import RunConfig
+from adaptune.config import DataConfig, ModelConfig, RunConfig, validate_config
 from adaptune.data.readers import read_text_examples, read_token_examples
 from adaptune.errors import AdapterFileError, ConfigError, DataError
-from adaptune.io import CONFIG_FILE
+from adaptune.io import CONFIG_FILE, reseal
+from adaptune.registry import build_task
 
 runner = CliRunner()
 
@@ -385,6 +392,7 @@ def test_cli_info_newer_format(adapter: Path) -> None:
 
 def test_adapter_with_an_unknown_method(adapter: Path) -> None:
     path = edit_config(adapter, lambda desc: desc["method"].update(name="future_method"))
+    reseal(adapter)  # as a newer adaptune would have saved it: signed, with a method this one does not know
     with pytest.raises(AdapterFileError) as err:
         Predictor.load(adapter)
     assert str(path) in str(err.value) and "'method.name' = 'future_method' is not a known method" in str(err.value)
@@ -396,3 +404,75 @@ def test_adapter_config_missing_a_field(adapter: Path, field: str) -> None:
     path = edit_config(adapter, lambda desc: (desc[parent] if parent else desc).pop(name))
     with pytest.raises(AdapterFileError, match=f"{path}: field '{field}' is missing"):
         Predictor.load(adapter)
+
+
+# --- an edited description never loads silently wrong (issue 26) ------------------------------------------------
+
+
+def test_swapped_labels_are_refused_until_resealed(adapter: Path, trained: TrainResult) -> None:
+    labels = list(trained.model.labels)
+    path = edit_config(adapter, lambda desc: desc.update(labels=labels[::-1]))
+    with pytest.raises(AdapterFileError) as err:
+        Predictor.load(adapter)
+    message = str(err.value)
+    assert str(path) in message and f"field 'labels': saved {json.dumps(labels, separators=(',', ':'))}" in message
+    assert f"adaptune info {adapter} --reseal" in message
+    assert "edited_since_saved" in runner.invoke(app, ["info", str(adapter)]).output
+    done = runner.invoke(app, ["info", str(adapter), "--reseal"])
+    assert done.exit_code == 0 and "re-signed field 'labels'" in done.output
+    assert Predictor.load(adapter).labels == labels[::-1]  # an explicit, re-signed edit is the user's
+
+
+@pytest.mark.parametrize(("field", "value"), [("pooling", "max"), ("max_length", 8), ("task", {"name": "seq_cls"})])
+def test_any_edit_that_changes_predictions_is_refused(adapter: Path, field: str, value: Any) -> None:
+    edit_config(adapter, lambda desc: desc.update({field: value}))
+    with pytest.raises(AdapterFileError, match=f"was edited after the adapter was saved: field '{field}'"):
+        Predictor.load(adapter)
+
+
+def test_label_count_that_the_head_does_not_have(adapter: Path, trained: TrainResult) -> None:
+    labels = [*trained.model.labels, "extra"]
+    path = edit_config(adapter, lambda desc: desc.update(labels=labels))
+    with pytest.raises(AdapterFileError, match="field 'labels'"):
+        Predictor.load(adapter)  # the seal first
+    reseal(adapter)  # signed, yet the tensors cannot hold it: a clear refusal, not torch's size mismatch
+    n = len(labels)
+    with pytest.raises(AdapterFileError) as err:
+        Predictor.load(adapter)
+    message = str(err.value)
+    assert (
+        str(path) in message
+        and f"field 'labels' lists {n} labels, but adapter.safetensors holds a head for {n - 1}" in message
+    )
+    assert "size mismatch" not in message
+
+
+def test_unknown_tag_names_file_line_and_field(tmp_path: Path) -> None:
+    data = write(tmp_path, "train.conll", b"EU B-ORG\nrejects O\n\nPeter B-PER\nBlackburn GARBAGE\n")
+    task = build_task(validate_config({"task": {"name": "token_cls"}}).task)
+    error = data_error(task.read, str(data), DataConfig(), split="train")
+    assert (error.file, error.line, error.field) == (str(data), 5, "tag") and "'GARBAGE'" in str(error)
+
+
+def test_hub_id_without_a_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine with no hub
+    with pytest.raises(ConfigError) as err:
+        load_backbone(ModelConfig(name_or_path="no-such-org/no-such-model"))
+    message = str(err.value)
+    assert "no model hub can be reached" in message and "sentence-transformers/all-MiniLM-L6-v2" in message
+    assert "intfloat/multilingual-e5-small" in message and "model.name_or_path=FOLDER" in message
+
+
+def test_an_adapter_saved_before_sealing_still_loads(adapter: Path, trained: TrainResult) -> None:
+    import hashlib
+
+    from safetensors.torch import load_file, save
+
+    weights = adapter / "adapter.safetensors"
+    blob = save(load_file(weights), metadata={"format": "pt"})  # what adaptune wrote before the seal existed
+    weights.write_bytes(blob)
+    edit_config(adapter, lambda desc: desc["weights"].update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest()))
+    assert Predictor.load(adapter).predict(["hello"])[0]["label"] in trained.model.labels
+    assert reseal(adapter) == ["no seal yet: sealed now"] and reseal(adapter) == []

@@ -23,6 +23,7 @@ and the field. Tag schemes are not checked here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from adaptune.data.formats.conll import read_column_sentences
@@ -210,7 +211,13 @@ def _column_file_examples(
     )
     joiner = "" if found == "bmes" else " "
     return [
-        (sentence.location, token_example_from_words(sentence.tokens, sentence.tags, joiner, sentence.location.source))
+        (
+            sentence.location,
+            replace(
+                token_example_from_words(sentence.tokens, sentence.tags, joiner, sentence.location.source),
+                line_per_token=True,  # a column file: one token per line, in order
+            ),
+        )
         for sentence in sentences
     ]
 

@@ -112,6 +112,8 @@ class TokenExample:
             string for examples built from raw text.
         offsets: ``(start, end)`` of each token in ``text``, end exclusive: ``text[start:end] == token``.
         source: ``"path:line"`` where the sentence starts, for error messages.
+        line_per_token: the file has one token per line from ``source``'s line on (CoNLL, BMES), so token ``i``
+            is on line ``line + i``; otherwise every token is located at ``source``.
     """
 
     tokens: tuple[str, ...]
@@ -119,6 +121,14 @@ class TokenExample:
     text: str
     offsets: tuple[tuple[int, int], ...]
     source: str = ""
+    line_per_token: bool = False
+
+    def token_location(self, pos: int) -> tuple[str | None, int | None]:
+        """``(file, line)`` of token ``pos``, for error messages (None where unknown)."""
+        file, _, line = self.source.rpartition(":")
+        if not line.isdigit():
+            return (self.source or None), None
+        return file or None, int(line) + (pos if self.line_per_token else 0)
 
 
 def token_example_from_words(

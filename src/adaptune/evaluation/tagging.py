@@ -114,11 +114,16 @@ def _show(tag: _Tag, scheme: str) -> str:
 # --- detection ------------------------------------------------------------------------------------
 
 
-def detect_scheme(tag_sequences: Iterable[Sequence[str]]) -> str:
+#: ``(sequence index, token position) -> (file, line)`` of a tag, for error messages.
+Locate = Callable[[int, int], tuple[str | None, int | None]]
+
+
+def detect_scheme(tag_sequences: Iterable[Sequence[str]], locate: Locate | None = None) -> str:
     """Guess the scheme of some tag sequences from the prefixes they use.
 
     ``M-`` means BMES; ``E-``/``S-`` mean IOBES; with only ``B-``/``I-``/``O`` the result is IOB1
     when some ``I-`` starts an entity and no ``B-`` does, else IOB2 (also for all-``O`` input).
+    ``locate`` (from the reader) names the file and line of a bad tag.
 
     Raises:
         DataError: a tag has a prefix no supported scheme uses, or ``I-`` and ``M-`` are mixed.
@@ -128,8 +133,11 @@ def detect_scheme(tag_sequences: Iterable[Sequence[str]]) -> str:
     for index, seq in enumerate(sequences):
         for pos, tag in enumerate(seq):
             if not isinstance(tag, str) or not tag or tag[0] not in "BIOESM":
-                where = f"sequence {index}, position {pos}"
-                raise DataError(f"{where}: tag {tag!r} is not 'O' or a B-/I-/M-/E-/S- tag")
+                file, line = locate(index, pos) if locate else (None, None)
+                where = f"token {pos + 1} of the sentence" if file else f"sequence {index}, position {pos}"
+                raise DataError(
+                    f"{where}: tag {tag!r} is not 'O' or a B-/I-/M-/E-/S- tag", file=file, line=line, field="tag"
+                )
             prefixes.add(tag[0])
     if "M" in prefixes:
         if "I" in prefixes:

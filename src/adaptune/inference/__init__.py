@@ -20,7 +20,7 @@ from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
-from adaptune.io import CONFIG_FILE, AdapterFile, check_base, load_adapter
+from adaptune.io import CONFIG_FILE, WEIGHTS_FILE, AdapterFile, check_base, load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task, methods_with
@@ -264,7 +264,32 @@ def _run_config(adapter: AdapterFile, model: dict[str, Any] | None = None) -> An
 def load_adapter_state(model: AdaptedModel, adapter: AdapterFile) -> None:
     """Put the adapter file's learned task state and trainable tensors into ``model`` (built from its config)."""
     model.task.load_learned_state(adapter.config.get("task_state", {}))
+    check_shapes(model, adapter)
     try:
         model.load_trainable_state(adapter.tensors)
     except KeyError as err:
         raise AdapterFileError(f"adapter {adapter.path} does not match its method config: {err}") from None
+
+
+def check_shapes(model: AdaptedModel, adapter: AdapterFile) -> None:
+    """Refuse, before any tensor is copied, a tensor file whose shapes differ from what the description builds:
+    naming the description field (``labels`` for a head sized by the label count, else ``task`` for the head and
+    ``method`` for the method's tensors), its value, and the shapes the file holds."""
+    expected = {k: tuple(v.shape) for k, v in model.trainable_state().items()}
+    labels = len(adapter.labels)
+    for key, tensor in adapter.tensors.items():
+        want, found = expected.get(key), tuple(tensor.shape)
+        if want is None or want == found:
+            continue
+        config_file = adapter.path / CONFIG_FILE
+        if key.startswith("head.") and labels in want and len(want) == len(found):
+            held = next(n for n, w in zip(found, want, strict=True) if w == labels)
+            raise AdapterFileError(
+                f"{config_file}: field 'labels' lists {labels} labels, but {WEIGHTS_FILE} holds a head for {held} "
+                f"({key} has shape {found}; {labels} labels need {want})"
+            )
+        field = "task" if key.startswith("head.") else "method"
+        raise AdapterFileError(
+            f"{config_file}: field '{field}' ({adapter.config.get(field)}) builds {key} with shape {want}, but "
+            f"{WEIGHTS_FILE} holds shape {found}"
+        )

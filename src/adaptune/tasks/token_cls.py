@@ -222,7 +222,8 @@ class TokenClassification(Task[TokenExample]):
         )
         if require_labels and examples:
             if self.scheme is None:
-                self.scheme = normalise_scheme(detect_scheme([ex.tags for ex in examples]))
+                tags = [ex.tags for ex in examples]
+                self.scheme = normalise_scheme(detect_scheme(tags, lambda i, pos: examples[i].token_location(pos)))
             self._learn_splitting(examples)
             self._check_scheme(examples, path)
         return examples
