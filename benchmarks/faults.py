@@ -405,18 +405,29 @@ def run_faults(
 
 # --- the bad-input catalogue --------------------------------------------------------------------------------
 
-CATALOGUE = ROOT / "tests" / "reliability" / "test_bad_inputs.py"
+#: The bad-input catalogue: ``test_bad_inputs.py`` (first tour) and its companions ``test_bad_inputs_*.py``
+#: (the second tour: data, server, training), each with a table of kinds in its docstring.
+CATALOGUE = sorted((ROOT / "tests" / "reliability").glob("test_bad_inputs*.py"))
+
+
+def _table_kinds(path: Path) -> int:
+    """The rows of the kinds table in ``path``'s docstring (between its ``=====`` rules; continuation lines of a
+    row leave its first column blank)."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    lines = doc.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=====")]
+    if len(rules) < 3:
+        return 0
+    width = len(lines[rules[0]].split()[0])  # the first column's rule
+    return sum(1 for row in lines[rules[1] + 1 : rules[2]] if row[:width].strip())
 
 
 def catalogue() -> dict[str, int]:
-    """The bad-input catalogue (``tests/reliability/test_bad_inputs.py``) in two numbers: the kinds of bad input
-    its table lists, and the test cases pytest collects from the file (each a refusal or warning it checks)."""
-    doc = ast.get_docstring(ast.parse(CATALOGUE.read_text(encoding="utf-8"))) or ""
-    rules = [i for i, line in enumerate(doc.splitlines()) if line.startswith("=====")]
-    rows = doc.splitlines()[rules[1] + 1 : rules[2]] if len(rules) >= 3 else []
-    kinds = sum(1 for row in rows if row[:38].strip())
+    """The bad-input catalogue (:data:`CATALOGUE`) in two numbers: the kinds of bad input its tables list, and the
+    test cases pytest collects from its files (each a refusal or warning it checks)."""
+    kinds = sum(_table_kinds(path) for path in CATALOGUE)
     collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(CATALOGUE)],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *map(str, CATALOGUE)],
         cwd=ROOT,
         capture_output=True,
         text=True,

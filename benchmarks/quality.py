@@ -31,7 +31,7 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
     from adaptune import load_config, train
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"training.output_dir=runs/{name}", *overrides])
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # a rerun replaces the config's previous run
     dataset = Path(cfg.data.train or "").parent.name
     splits = result.results["splits"]
     split = "test" if "test" in splits else "dev"

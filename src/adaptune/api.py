@@ -22,8 +22,10 @@ from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
 from adaptune.training.callbacks import Callback
+from adaptune.training.checkpoint import data_digest
 from adaptune.training.logging import warn_before_training
 from adaptune.training.loop import Trainer, seed_everything
+from adaptune.training.run_folder import claim_output_folder
 
 #: Data settings stored with an adapter so that ``adaptune eval`` reads files the way training did.
 READ_OPTIONS = {
@@ -183,11 +185,20 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(task, backbone, fingerprint(backbone.model), base_params, max_length, labels, splits, notes)
 
 
-def train(config: RunConfig, *, resume: bool = False, callbacks: Sequence[Callback] | None = None) -> TrainResult:
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] | None = None,
+) -> TrainResult:
     """Train, keep the best weights on dev, save the adapter, evaluate on dev and test, write reports.
 
-    ``resume``: continue from the newest checkpoint in the output folder. ``callbacks``
-    (:class:`~adaptune.training.callbacks.Callback`) watch or steer the loop, after the run's own ones.
+    ``resume``: continue from the newest checkpoint in the output folder (refused when the training or dev data
+    changed since). ``overwrite``: replace a run already in the output folder (without it, and without
+    ``resume``, such a folder is refused). The folder is locked for the run: a second run into it is refused
+    (:mod:`adaptune.training.run_folder`). ``callbacks`` (:class:`~adaptune.training.callbacks.Callback`) watch
+    or steer the loop, after the run's own ones.
     """
     started = time.perf_counter()
     cfg = config
@@ -198,8 +209,15 @@ def train(config: RunConfig, *, resume: bool = False, callbacks: Sequence[Callba
             torch.set_num_interop_threads(cfg.training.num_interop_threads)
         except RuntimeError as err:  # torch allows it once per process, before any inter-op parallel work
             warnings.warn(f"training.num_interop_threads not applied: {err}", stacklevel=2)
-    out_dir = Path(cfg.training.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with claim_output_folder(cfg.training.output_dir, resume=resume, overwrite=overwrite) as claimed:
+        warn_before_training(claimed.notes)  # a stale lock taken over, temporary files removed, a run replaced
+        return _train_in(claimed.path, cfg, resume, callbacks, started)
+
+
+def _train_in(
+    out_dir: Path, cfg: RunConfig, resume: bool, callbacks: Sequence[Callback] | None, started: float
+) -> TrainResult:
+    """The body of :func:`train`, in the claimed output folder."""
     prep = prepare(cfg)
     warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
@@ -217,6 +235,11 @@ def train(config: RunConfig, *, resume: bool = False, callbacks: Sequence[Callba
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
         callbacks=callbacks or (),
+        data={
+            name: data_digest(split.path, split.encoded)
+            for name, split in prep.splits.items()
+            if name in ("train", "dev")
+        },
     )
     at_start = _evaluate_at_start(model, dev, cfg, out_dir) if cfg.training.eval_at_start and dev else None
     fit = trainer.fit(resume=resume)

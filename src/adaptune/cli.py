@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from adaptune.cli_common import err_console, fail, read_inputs
+from adaptune.cli_common import err_console, fail, input_name, read_inputs
 from adaptune.cli_generate import chat, generate
-from adaptune.errors import AdaptuneError
+from adaptune.errors import AdaptuneError, DataError
 from adaptune.extras import as_missing_extra
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ def train(
     config: Annotated[str, typer.Argument(help="YAML config file, or a bundled config name (intents, ner-demo).")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set training.epochs=3")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a run already in the output folder (else such a folder is refused).")
+    ] = False,
 ) -> None:
     """Train an adapter, evaluate it on dev and test, and save it.
 
@@ -68,7 +71,7 @@ def train(
 
     try:
         cfg = load_config(_config_path(config), set_ or [])
-        result = run_train(cfg, resume=resume)
+        result = run_train(cfg, resume=resume, overwrite=overwrite)
     except AdaptuneError as err:
         fail(err)
         return
@@ -130,16 +133,23 @@ def _report_name(data: Path) -> str:
 @app.command()
 def predict(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder.")],
-    source: Annotated[str, typer.Argument(help="Input file (one text or JSON object per line) or - for stdin.")] = "-",
+    source: Annotated[
+        str, typer.Argument(help="Input file (one text or JSON object per line, no blank lines) or - for stdin.")
+    ] = "-",
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
 ) -> None:
-    """Predict: JSONL out, one line per input (labels and scores; NER: entity spans with character offsets)."""
+    """Predict: JSONL out, one line per input line (labels and scores; NER: entity spans with character offsets)."""
     from adaptune.inference import Predictor
 
     try:
         lines = read_inputs(source)
         predictor = Predictor.load(adapter, batch_size=batch_size)
-        outputs = predictor.predict(lines)
+        try:
+            outputs = predictor.predict(lines)
+        except DataError as err:  # input i is line i + 1 (read_inputs refuses blank lines): name the file too
+            if err.file:
+                raise
+            raise DataError(err.message, file=input_name(source), line=err.line, field=err.field) from None
     except AdaptuneError as err:
         fail(err)
         return
@@ -266,7 +276,9 @@ def import_(
 
 @app.command()
 def demo(
-    output_dir: Annotated[str, typer.Option(help="Where the run goes.")] = "runs/intents",
+    output_dir: Annotated[str, typer.Option(help="Where the run goes (a previous demo run there is replaced).")] = (
+        "runs/intents"
+    ),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
 ) -> None:
     """The main job: train a bottleneck adapter on the bundled bilingual intents, evaluate, predict a few inputs."""
@@ -276,7 +288,7 @@ def demo(
 
     try:
         cfg = load_config(BUNDLED_CONFIGS / "intents.yaml", [f"training.output_dir={output_dir}", *(set_ or [])])
-        result = run_train(cfg)
+        result = run_train(cfg, overwrite=True)
         predictor = Predictor.load(result.adapter_dir)
         samples = [
             "Where is my package? It was supposed to arrive yesterday.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -42,3 +43,23 @@ class ConfigError(AdaptuneError, ValueError):
 
 class AdapterFileError(AdaptuneError):
     """An adapter folder that is missing, corrupt, from a newer format, or for another base model."""
+
+
+class OutputError(AdaptuneError):
+    """A file or folder that cannot be written (disk full, read-only, not a folder): names the path."""
+
+
+#: What to do about an OS error, by errno, after :func:`os_error_message`'s reason.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: ": free some space or choose another output folder",
+    errno.EDQUOT: ": free some space or choose another output folder",
+    errno.EROFS: ": choose a writable output folder",
+    errno.EACCES: ": choose a folder you can write to",
+    errno.EPERM: ": choose a folder you can write to",
+}
+
+
+def os_error_message(err: OSError, doing: str, path: str | Path) -> str:
+    """One line for an OS error: what was being done, the path and the system's reason (disk full, read-only)."""
+    reason = err.strerror or type(err).__name__
+    return f"cannot {doing} {path}: {reason}{_OS_ERROR_HINTS.get(err.errno or 0, '')}"

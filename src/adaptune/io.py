@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from adaptune import __version__
-from adaptune.errors import AdapterFileError
+from adaptune.errors import AdapterFileError, OutputError, os_error_message
 
 if TYPE_CHECKING:
     from adaptune.model import AdaptedModel
@@ -45,10 +46,16 @@ CONFIG_FILE = "adapter_config.json"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    An OS error (disk full, read-only folder, a file where a folder should be) is an :class:`OutputError` naming
+    ``path``, and leaves no temporary file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(os_error_message(err, "write", path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -56,6 +63,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapters and reports are meant to be shared
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(os_error_message(err, "write", path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -366,18 +376,20 @@ class BaseMismatch(AdapterFileError):
 
 def check_base(
     description: dict[str, Any] | AdapterDescription,
-    found: str,
+    found: str | Callable[[str], str],
     *,
     where: str,
     this: str = "this model",
     advice: str = "load it onto the base it was trained on",
 ) -> None:
     """Raise :class:`BaseMismatch` unless the adapter described by ``description`` was trained on base weights
-    with fingerprint ``found`` (:func:`adaptune.backbone.fingerprint`). ``where`` names the adapter, ``this`` the
-    model it is put on, ``advice`` what to do instead."""
+    with fingerprint ``found`` (:func:`adaptune.backbone.fingerprint`), or with the fingerprint that ``found``
+    gives for the recorded one (:class:`adaptune.backbone.BaseFingerprint`: the scheme of an older record).
+    ``where`` names the adapter, ``this`` the model it is put on, ``advice`` what to do instead."""
     base = description.base_model if isinstance(description, AdapterDescription) else None
     recorded = base.fingerprint if base else description["base_model"]["fingerprint"]  # type: ignore[index]
     name = base.name_or_path if base else description["base_model"]["name_or_path"]  # type: ignore[index]
+    found = found if isinstance(found, str) else found(recorded)
     if recorded != found:
         raise BaseMismatch(
             f"{where} was trained on base model '{name}' (fingerprint {recorded}), not on this model: {this} has "

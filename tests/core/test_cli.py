@@ -40,7 +40,7 @@ def test_info(ner_adapter: Path) -> None:
 
 
 def test_predict_stdin_and_file(ner_adapter: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["predict", str(ner_adapter), "-"], input="Alice lives in Paris\n\n张三在北京\n")
+    result = runner.invoke(app, ["predict", str(ner_adapter), "-"], input="Alice lives in Paris\n张三在北京\n")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert [line["text"] for line in lines] == ["Alice lives in Paris", "张三在北京"]

@@ -66,6 +66,10 @@ label count the head does not have     (here) test_label_count_that_the_head_doe
 unknown tag in a CoNLL file            (here) test_unknown_tag_names_file_line_and_field
 =====================================  ==========================================================================
 
+The second fault tour (lone surrogates, predict's input lines, typeless tags, text pairs, the server's answers,
+output folders, resumed data, base fingerprints) is catalogued beside this file in ``test_bad_inputs_data.py``,
+``test_bad_inputs_server.py`` and ``test_bad_inputs_training.py``; ``benchmarks/faults.py`` counts all four.
+
 Corrupt and truncated checkpoint and adapter files: ``tests/reliability/test_kill_resume.py`` and
 ``core/test_train.py::test_truncated_weights_are_refused``.
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from adaptune.data.formats.source import Row
+from adaptune.data.formats.source import Row, check_utf8
 from adaptune.errors import DataError
 
 #: The template used when a tokenizer has none (plain text, role headers, EOS after each assistant turn).
@@ -96,7 +96,7 @@ class ChatExample:
 def _text(value: Any, where: Row, field: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         raise where.location.error("needs a non-empty string" if not allow_empty else "needs a string", field=field)
-    return value
+    return check_utf8(value, where.location, field)
 
 
 def _turns(items: Any, row: Row, field: str, role_key: str, text_key: str) -> tuple[Message, ...]:

@@ -9,7 +9,8 @@ Schemes (canonical name first, accepted aliases in brackets, case-insensitive):
 - ``auto``: detect the scheme from the tags (:func:`detect_scheme`).
 
 Tags are ``"O"`` or a one-letter prefix, ``-`` and a type (``"B-PER"``). As in seqeval, the type is
-everything after the prefix with ``-`` stripped, and an untyped tag (``"B"``) has type ``"_"``.
+everything after the prefix with ``-`` stripped, and an untyped tag (``"B"``) has type ``"_"``. A prefix and
+``-`` with no type (``"B-"``, ``"S-"``) is refused where data is read (:func:`check_tag_spelling`).
 
 Entity extraction is *strict*: it reproduces seqeval's ``mode="strict"``
 (``seqeval.scheme.Tokens.entities``) exactly, so an entity counts only when it is well formed under
@@ -35,6 +36,7 @@ from adaptune.errors import ConfigError, DataError
 __all__ = [
     "SCHEMES",
     "Entity",
+    "check_tag_spelling",
     "convert_tags",
     "detect_scheme",
     "extract_entities",
@@ -118,6 +120,31 @@ def _show(tag: _Tag, scheme: str) -> str:
 Locate = Callable[[int, int], tuple[str | None, int | None]]
 
 
+def _misspelt(tag: object) -> str | None:
+    """Why ``tag`` is not a tag of any scheme, or None when it is one."""
+    if not isinstance(tag, str) or not tag or tag[0] not in "BIOESM":
+        return "is not 'O' or a B-/I-/M-/E-/S- tag"
+    if tag[0] != "O" and len(tag) > 1 and not tag[1:].strip("-"):
+        return f"has no entity type after {tag[0]}- (write e.g. {tag[0]}-PER)"
+    return None
+
+
+def check_tag_spelling(tag_sequences: Iterable[Sequence[str]], locate: Locate | None = None) -> None:
+    """Refuse a tag that no scheme spells: not ``O`` or a ``B-``/``I-``/``M-``/``E-``/``S-`` tag, or a prefix and
+    ``-`` with no type (``"B-"``). ``locate`` (from the reader) names the file and line of the tag.
+
+    Raises:
+        DataError: at the first such tag, with field ``'tag'``.
+    """
+    for index, seq in enumerate(tag_sequences):
+        for pos, tag in enumerate(seq):
+            problem = _misspelt(tag)
+            if problem is not None:
+                file, line = locate(index, pos) if locate else (None, None)
+                where = f"token {pos + 1} of the sentence" if file else f"sequence {index}, position {pos}"
+                raise DataError(f"{where}: tag {tag!r} {problem}", file=file, line=line, field="tag")
+
+
 def detect_scheme(tag_sequences: Iterable[Sequence[str]], locate: Locate | None = None) -> str:
     """Guess the scheme of some tag sequences from the prefixes they use.
 
@@ -126,19 +153,12 @@ def detect_scheme(tag_sequences: Iterable[Sequence[str]], locate: Locate | None 
     ``locate`` (from the reader) names the file and line of a bad tag.
 
     Raises:
-        DataError: a tag has a prefix no supported scheme uses, or ``I-`` and ``M-`` are mixed.
+        DataError: a tag has a prefix no supported scheme uses or no type after its prefix
+            (:func:`check_tag_spelling`), or ``I-`` and ``M-`` are mixed.
     """
     sequences = [list(seq) for seq in tag_sequences]
-    prefixes: set[str] = set()
-    for index, seq in enumerate(sequences):
-        for pos, tag in enumerate(seq):
-            if not isinstance(tag, str) or not tag or tag[0] not in "BIOESM":
-                file, line = locate(index, pos) if locate else (None, None)
-                where = f"token {pos + 1} of the sentence" if file else f"sequence {index}, position {pos}"
-                raise DataError(
-                    f"{where}: tag {tag!r} is not 'O' or a B-/I-/M-/E-/S- tag", file=file, line=line, field="tag"
-                )
-            prefixes.add(tag[0])
+    check_tag_spelling(sequences, locate)
+    prefixes = {tag[0] for seq in sequences for tag in seq}
     if "M" in prefixes:
         if "I" in prefixes:
             raise DataError("tags mix I- (BIO/IOBES) and M- (BMES) prefixes")

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from adaptune.backbone import Backbone, fingerprint, load_backbone
+from adaptune.backbone import Backbone, BaseFingerprint, load_backbone
 from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
+from adaptune.inference.errors import NonFiniteOutput
 from adaptune.io import CONFIG_FILE, WEIGHTS_FILE, AdapterFile, check_base, load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
@@ -45,8 +46,10 @@ def run_model(
     padding_side: str = "right",
     bf16: bool = False,
     keep_logits: bool = False,
+    adapter: str | None = None,
 ) -> BatchOutput:
-    """Forward ``encoded`` in length-sorted batches without gradients; results come back in input order."""
+    """Forward ``encoded`` in length-sorted batches without gradients; results come back in input order. With
+    ``adapter`` (its name, for the message) non-finite logits raise :class:`NonFiniteOutput` (:func:`check_finite`)."""
     predictions: list[Any] = [None] * len(encoded)
     logits_out: list[torch.Tensor] = []
     if keep_logits:
@@ -60,6 +63,8 @@ def run_model(
             items = [encoded[i] for i in indices]
             batch = model.task.collate(items, pad_id, padding_side)
             logits = model(batch)
+            if adapter is not None:
+                check_finite(logits, adapter)
             if "labels" in batch:
                 loss_sum += float(model.task.loss(logits, batch)) * len(items)
                 loss_n += len(items)
@@ -70,6 +75,15 @@ def run_model(
                     logits_out[i] = _unpad(logits[row].float(), batch["attention_mask"][row])
     model.train(was_training)
     return BatchOutput(predictions, logits_out, loss_sum / loss_n if loss_n else None)
+
+
+def check_finite(logits: torch.Tensor, adapter: str) -> None:
+    """Refuse NaN or infinite ``logits`` of ``adapter``: they would become NaN scores, which are not JSON."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteOutput(
+            f"adapter {adapter!r} produced non-finite scores (NaN or inf): its weights likely hold NaN or inf values "
+            "(a training run that diverged?); retrain it or restore a good copy of its weights"
+        )
 
 
 def _unpad(row_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,8 +115,15 @@ class Predictor:
     """
 
     def __init__(
-        self, model: AdaptedModel, description: dict[str, Any], *, batch_size: int = 32, bf16: bool = False
+        self,
+        model: AdaptedModel,
+        description: dict[str, Any],
+        *,
+        batch_size: int = 32,
+        bf16: bool = False,
+        name: str | None = None,
     ) -> None:
+        self.name = name or "<in memory>"  # the adapter's folder, in messages
         self.model = model.eval()
         self.description = description
         self.labels = list(model.labels)
@@ -134,7 +155,7 @@ class Predictor:
         model = model_from_adapter(adapter, base=base)
         if merge:
             merge_in_place(model)
-        return cls(model, adapter.config, batch_size=batch_size, bf16=bf16)
+        return cls(model, adapter.config, batch_size=batch_size, bf16=bf16, name=str(adapter.path))
 
     @property
     def pad_id(self) -> int:
@@ -165,6 +186,7 @@ class Predictor:
             padding_side=self.tokenizer.padding_side,
             bf16=self.bf16,
             keep_logits=keep_logits,
+            adapter=self.name,
         )
 
     def _autocast(self) -> Any:
@@ -235,7 +257,9 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
             f"adapter {adapter.path} needs its base model '{model_cfg.name_or_path}', which cannot be loaded "
             f"({err}); pass the base model's folder as base=..."
         ) from None
-    check_base(desc, fingerprint(backbone.model), where=f"adapter {adapter.path}", this=f"'{model_cfg.name_or_path}'")
+    check_base(
+        desc, BaseFingerprint(backbone.model), where=f"adapter {adapter.path}", this=f"'{model_cfg.name_or_path}'"
+    )
     return adapter_model(adapter, backbone)
 
 

@@ -2,6 +2,8 @@
 
 Each carries a stable machine-readable :attr:`PredictorError.kind` and, for a limit, the limit's name; the server
 maps the types to HTTP status codes (:mod:`adaptune.server.errors`), a Python caller catches them by type.
+:class:`NonFiniteOutput` is raised by the offline :class:`~adaptune.inference.Predictor` too (``adaptune predict``
+prints it as one line, as every :class:`~adaptune.errors.AdaptuneError`).
 """
 
 from __future__ import annotations
@@ -72,3 +74,10 @@ class AdapterUnloaded(PredictorError):
     """A prepared row whose adapter was unloaded (or reloaded) before it ran."""
 
     kind = "adapter_unloaded"
+
+
+class NonFiniteOutput(PredictorError):
+    """An adapter whose forward pass gave NaN or infinite scores: its weights (or its base's) likely hold NaN/inf,
+    e.g. from a training run that diverged. Raised instead of answering a NaN score (which JSON cannot carry)."""
+
+    kind = "non_finite_output"

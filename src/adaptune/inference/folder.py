@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ class Entry:
         }
 
 
-def read_compatible(path: Path, base_fingerprint: str) -> dict[str, Any]:
+def read_compatible(path: Path, base_fingerprint: str | Callable[[str], str]) -> dict[str, Any]:
     """The adapter's config if it was trained on the base with ``base_fingerprint``; else :class:`AdapterRefused`."""
     try:
         config = read_adapter_config(path)
@@ -140,7 +141,7 @@ def read_compatible(path: Path, base_fingerprint: str) -> dict[str, Any]:
     return config
 
 
-def build_entry(name: str, path: Path, template: Backbone, base_fingerprint: str) -> Entry:
+def build_entry(name: str, path: Path, template: Backbone, base_fingerprint: str | Callable[[str], str]) -> Entry:
     """Load adapter ``name`` from ``path`` onto a structural copy of ``template`` (see the module docstring)."""
     read_compatible(path, base_fingerprint)
     try:

@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 
-from adaptune.backbone import fingerprint, load_backbone
+from adaptune.backbone import BaseFingerprint, load_backbone
 from adaptune.config import ModelConfig
 from adaptune.errors import DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate_requests, prompt_tokens, stream
-from adaptune.inference import run_model
+from adaptune.inference import check_finite, run_model
 from adaptune.inference.errors import (
     AdapterAlreadyLoaded,
     AdapterNotFound,
@@ -47,6 +47,7 @@ from adaptune.inference.errors import (
     AdapterUnloaded,
     InvalidInput,
     LimitExceeded,
+    NonFiniteOutput,
     PredictorError,
     WrongTask,
 )
@@ -116,7 +117,7 @@ class MultiPredictor:
         if not self.folder.is_dir():
             raise FileNotFoundError(f"adapters folder {self.folder} does not exist")
         self.backbone = load_backbone(ModelConfig(name_or_path=base))
-        self.fingerprint = fingerprint(self.backbone.model)
+        self.fingerprint = BaseFingerprint(self.backbone.model)
         # hook-free module tree sharing the base tensors, what every adapter's own copy is made from; its own
         # tokenizer (methods may tokenise at attach) so that loading never races the requests' tokenisation
         self.template = replace(
@@ -261,7 +262,7 @@ class MultiPredictor:
         """Answer every row: per-row adapters in one forward of the base, the others grouped by adapter.
 
         A row whose adapter was unloaded (or reloaded) after it was prepared is answered with
-        :class:`AdapterUnloaded`.
+        :class:`AdapterUnloaded`; the rows of an adapter that gives non-finite scores with :class:`NonFiniteOutput`.
         """
         results: list[Any] = [
             AdapterUnloaded(f"adapter {r.entry.name!r} was unloaded while the request waited") for r in rows
@@ -309,7 +310,14 @@ class MultiPredictor:
             index = torch.tensor(local_rows, dtype=torch.long)
             sub = {k: v[index] for k, v in batch.items()}
             mine = [positions[j] for j in local_rows]
-            predictions = entry.task.decode(entry.head(hidden[index], sub), sub, [rows[i].encoded for i in mine])
+            logits = entry.head(hidden[index], sub)
+            try:
+                check_finite(logits, entry.name)
+            except NonFiniteOutput as err:  # this adapter's rows fail; the others of the batch go on
+                for i in mine:
+                    results[i] = err
+                continue
+            predictions = entry.task.decode(logits, sub, [rows[i].encoded for i in mine])
             self._answer(entry, rows, mine, predictions, results)
 
     def _run_private(self, rows: Sequence[Row], positions: list[int], results: list[Any]) -> None:
@@ -317,13 +325,19 @@ class MultiPredictor:
         entry = rows[positions[0]].entry
         assert entry.model is not None
         tokenizer = self.backbone.tokenizer
-        out = run_model(
-            entry.model,
-            [rows[i].encoded for i in positions],
-            batch_size=len(positions),
-            pad_id=int(tokenizer.pad_token_id),
-            padding_side=tokenizer.padding_side,
-        )
+        try:
+            out = run_model(
+                entry.model,
+                [rows[i].encoded for i in positions],
+                batch_size=len(positions),
+                pad_id=int(tokenizer.pad_token_id),
+                padding_side=tokenizer.padding_side,
+                adapter=entry.name,
+            )
+        except NonFiniteOutput as err:
+            for i in positions:
+                results[i] = err
+            return
         self._answer(entry, rows, positions, out.predictions, results)
 
     @staticmethod

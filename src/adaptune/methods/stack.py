@@ -32,6 +32,7 @@ tensor (two BitFits). A stack is not mergeable (``adaptune merge``) as a whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ import torch
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from torch import nn
 
-from adaptune.backbone import fingerprint
+from adaptune.backbone import BaseFingerprint
 from adaptune.config import MethodConfig, StrictModel, TrainingConfig, _describe_validation
 from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.io import BaseMismatch, check_base, load_adapter, read_adapter_config
@@ -161,7 +162,7 @@ class Stack(Method):
 
     def attach(self, model: nn.Module, ctx: AttachContext) -> None:
         """Attach every member in order; members with an ``adapter`` get its tensors (same base checked)."""
-        base = fingerprint(model) if any(m.adapter for m, _ in self.members) else ""
+        base = BaseFingerprint(model, now=any(m.adapter for m, _ in self.members))  # before members add tensors
         for member, method in self.members:
             method.attach(model, ctx)
             if member.adapter:
@@ -227,7 +228,9 @@ class Stack(Method):
         return data
 
 
-def load_member(member: StackMember, method: Method, model: nn.Module, base_fingerprint: str) -> MemberSource:
+def load_member(
+    member: StackMember, method: Method, model: nn.Module, base_fingerprint: str | Callable[[str], str]
+) -> MemberSource:
     """Copy the method tensors of ``member.adapter`` into the attached ``method`` (names without the member's
     suffix, as that single-method adapter stores them); the same base and the same method config are required."""
     assert member.adapter is not None

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from adaptune.backbone import Backbone, fingerprint, load_backbone
+from adaptune.backbone import Backbone, BaseFingerprint, load_backbone
 from adaptune.config import DataConfig, ModelConfig, validate_config
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.evaluation.tagging import detect_scheme, normalise_scheme
@@ -353,12 +353,12 @@ def _load_base(name: str | None, sidecar: dict[str, Any] | None) -> tuple[Backbo
         backbone = load_backbone(ModelConfig(name_or_path=name))
     except ConfigError as err:
         raise ConfigError(f"cannot load the peft adapter's base model: {err}; give base=... (--base)") from None
-    found = fingerprint(backbone.model)
+    found = BaseFingerprint(backbone.model)
     if sidecar:  # an adaptune export records its base; a plain peft folder does not
         check_base(
             sidecar["adapter"], found, where="the exported adapter", this=f"'{name}'", advice="import it onto that base"
         )
-    return backbone, name, found
+    return backbone, name, found()
 
 
 def _build(

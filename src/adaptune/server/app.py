@@ -11,7 +11,7 @@ Limits (:class:`ServerSettings`): inputs per request (``max_batch``, also the mo
 the most prompts decoded together), tokens per input (``max_input_tokens``), request body bytes
 (``max_body_bytes``, 413); ``max_wait_ms`` is how long a micro-batch (classify/tag rows, or non-streaming
 generation requests) waits for more. With ``api_key`` set, everything except ``/health`` and ``/openapi.json``
-needs ``Authorization: Bearer <key>`` (else 401).
+(``/docs`` and ``/redoc`` included) needs ``Authorization: Bearer <key>`` (else 401).
 """
 
 from __future__ import annotations
@@ -28,17 +28,25 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaptune import __version__
-from adaptune.inference.errors import PredictorError
+from adaptune.inference.errors import InvalidInput, PredictorError
 from adaptune.inference.multi import MultiPredictor
 from adaptune.server.batcher import MicroBatcher
 from adaptune.server.errors import ServeError, http_error, limit_error
-from adaptune.server.metrics import ServingMetrics
-from adaptune.server.schemas import AdapterAction, AdapterList, ErrorBody, Health, PredictRequest, PredictResponse
+from adaptune.server.metrics import CLIENT_CLOSED, ServingMetrics
+from adaptune.server.schemas import (
+    NOT_UTF8,
+    AdapterAction,
+    AdapterList,
+    ErrorBody,
+    Health,
+    PredictRequest,
+    PredictResponse,
+)
 from adaptune.tasks.base import TaskKind
 
 Scope = MutableMapping[str, Any]
@@ -47,7 +55,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 500, 503)
+}
 
 
 #: Requests with at most this many characters of input are tokenised on the event loop.
@@ -74,7 +84,9 @@ class ServerSettings:
 class BodyLimit:
     """ASGI middleware: refuse a request body over ``max_bytes`` with a 413 before the app parses it.
 
-    The body is read here (at most ``max_bytes + 1`` bytes are kept) and replayed to the app."""
+    The body is read here (at most ``max_bytes + 1`` bytes are kept) and replayed to the app. Then one task waits
+    for the client to go away, so that :class:`RequestMetrics` sees a client that closes the connection before the
+    answer even when the app never reads again; the app's later ``receive()`` calls get that message."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -99,15 +111,19 @@ class BodyLimit:
                 return
             more = bool(message.get("more_body"))
         body, replayed = b"".join(chunks), False
+        gone = asyncio.ensure_future(receive())  # http.disconnect: the client left, or the answer was sent
 
         async def replay() -> Message:
             nonlocal replayed
             if replayed:
-                return await receive()
+                return await asyncio.shield(gone)  # a cancelled caller must not cancel the watch
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            gone.cancel()
 
     async def _refuse(self, send: Send, size: int) -> None:
         error = limit_error(
@@ -120,7 +136,9 @@ class BodyLimit:
 
 
 class RequestMetrics:
-    """ASGI middleware (outermost): count every answered request by route template and status, and time it."""
+    """ASGI middleware (outermost): count every request by route template and status, and time it; a request whose
+    client closed the connection before the whole answer was sent is counted with status 499
+    (:data:`~adaptune.server.metrics.CLIENT_CLOSED`, nginx's "client closed request"), not as a server error."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -129,17 +147,26 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 500
+        started, status, answered, client_left = time.perf_counter(), 500, False, False
+
+        async def watch_disconnect() -> Message:
+            nonlocal client_left
+            message = await receive()
+            client_left = client_left or (message["type"] == "http.disconnect" and not answered)
+            return message
 
         async def record_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True  # before the send: the server's own disconnect message follows the answer
             await send(message)
 
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, watch_disconnect, record_status)
         finally:
+            status = CLIENT_CLOSED if client_left else status
             route = scope.get("route")
             path = getattr(route, "path", None) or "<unmatched>"  # e.g. refused before routing (413)
             self.metrics.observe_request(path, scope.get("method", ""), status, time.perf_counter() - started)
@@ -162,6 +189,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_request: Request, err: Exception) -> JSONResponse:
         assert isinstance(err, RequestValidationError)
         first = err.errors()[0] if err.errors() else {}
+        if first.get("type") == NOT_UTF8:  # its message names the field; the same status as the predictor's
+            return _error_response(ServeError(400, InvalidInput.kind, str(first["msg"])))
         where = ".".join(str(part) for part in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid"))
         return _error_response(ServeError(422, "invalid_request", message))
@@ -267,12 +296,15 @@ def create_app(engine: MultiPredictor, settings: ServerSettings | None = None) -
         version=__version__,
         description="One base model, many adapters: mixed-adapter micro-batches over HTTP.",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_doc_routes, behind the API key
+        redoc_url=None,
     )
     app.state.service = service
     _install_error_handlers(app)
     auth = [Depends(api_key_check(service.settings.api_key))]
     _add_prediction_routes(app, service, auth)
     _add_admin_routes(app, service, auth)
+    _add_doc_routes(app, auth)
     from adaptune.server.openai import add_generation_routes
 
     add_generation_routes(app, service, auth)
@@ -291,6 +323,31 @@ def _add_prediction_routes(app: FastAPI, service: Service, auth: list[Any]) -> N
     async def tag(body: PredictRequest) -> JSONResponse:
         """Tag each input with an adapter whose task tags tokens: entities with character offsets (start, end)."""
         return await service.predict(body, "tag")
+
+
+def _add_doc_routes(app: FastAPI, auth: list[Any]) -> None:
+    """``/docs`` (Swagger UI, and its ``/docs/oauth2-redirect`` page) and ``/redoc``, FastAPI's pages, but behind
+    the API key like every route except ``/health`` and ``/openapi.json`` (FastAPI's own take no dependencies)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+
+    def under_root(request: Request, path: str) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/") + path
+
+    @app.get("/docs", response_class=HTMLResponse, dependencies=auth, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=under_root(request, str(app.openapi_url)),
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=under_root(request, "/docs/oauth2-redirect"),
+        )
+
+    @app.get("/docs/oauth2-redirect", response_class=HTMLResponse, dependencies=auth, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", response_class=HTMLResponse, dependencies=auth, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=under_root(request, str(app.openapi_url)), title=f"{app.title} - ReDoc")
 
 
 def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:

@@ -13,6 +13,7 @@ from adaptune.inference.errors import (
     AdapterUnloaded,
     InvalidInput,
     LimitExceeded,
+    NonFiniteOutput,
     PredictorError,
     WrongTask,
 )
@@ -52,6 +53,7 @@ STATUS: dict[type[PredictorError], int] = {
     InvalidInput: 400,
     LimitExceeded: 400,
     AdapterUnloaded: 503,
+    NonFiniteOutput: 500,  # the adapter is broken (NaN/inf weights), not the request
 }
 
 

@@ -1,6 +1,7 @@
 """Serving metrics in the Prometheus text exposition format (version 0.0.4), thread-safe, no dependencies.
 
-Counters, gauges and histograms with labels, enough for ``GET /metrics``: requests and errors by status,
+Counters, gauges and histograms with labels, enough for ``GET /metrics``: requests and errors by status (a
+request whose client closed the connection before the answer has status 499 and is not an error),
 request latency, micro-batch sizes, adapters per batch, generation batches (requests and prompts decoded
 together) and loaded adapters. Names follow Prometheus conventions
 (``_total`` for counters, ``_seconds`` for durations; histograms expose ``_bucket{le=...}``, ``_sum``, ``_count``).
@@ -115,6 +116,9 @@ class Histogram(_Metric):
         return lines
 
 
+#: The status a request is counted with when its client closed the connection before the answer (nginx's 499).
+CLIENT_CLOSED = 499
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -126,7 +130,10 @@ class ServingMetrics:
         self, loaded_adapters: Callable[[], float] = lambda: 0.0, queued_rows: Callable[[], float] = lambda: 0.0
     ) -> None:
         self.requests = Counter("adaptune_requests_total", "HTTP requests by route, method and status code.")
-        self.errors = Counter("adaptune_request_errors_total", "HTTP requests answered with status >= 400.")
+        self.errors = Counter(
+            "adaptune_request_errors_total",
+            "HTTP requests answered with status >= 400 (not those whose client left first, status 499).",
+        )
         self.latency = Histogram(
             "adaptune_request_duration_seconds", "Time from request received to response sent.", LATENCY_BUCKETS
         )
@@ -148,9 +155,10 @@ class ServingMetrics:
         self.queued = Gauge("adaptune_queued_rows", "Inputs waiting for a micro-batch.", queued_rows)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One finished HTTP request."""
+        """One finished HTTP request (``status`` :data:`CLIENT_CLOSED` when the client left before the answer:
+        counted as a request, not as an error)."""
         self.requests.inc(route=route, method=method, status=str(status))
-        if status >= 400:
+        if status >= 400 and status != CLIENT_CLOSED:
             self.errors.inc(route=route, status=str(status))
         self.latency.observe(seconds, route=route)
 

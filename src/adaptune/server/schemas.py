@@ -1,12 +1,52 @@
-"""Request and response bodies of the HTTP API (pydantic; they make the OpenAPI schema at ``/openapi.json``)."""
+"""Request and response bodies of the HTTP API (pydantic; they make the OpenAPI schema at ``/openapi.json``).
+
+Every request body refuses text UTF-8 cannot encode (:class:`Utf8Request`): JSON allows a lone surrogate escape
+(``"\\ud800"``), which no tokenizer takes and no JSON answer can carry."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from adaptune.data.formats.source import check_utf8
+from adaptune.errors import DataError
 
 Input = str | dict[str, Any]
+
+#: The pydantic error type of text that UTF-8 cannot encode (the app answers it with a 400 ``invalid_input``).
+NOT_UTF8 = "not_utf8"
+
+
+def check_text(value: Any, where: str) -> None:
+    """Refuse a string anywhere in ``value`` (a JSON value, or a model) that holds a lone surrogate, naming where
+    it is: ``inputs[1]``, ``inputs[0].text_pair``, ``messages[0].content``."""
+    if isinstance(value, str):
+        try:
+            check_utf8(value)
+        except DataError as err:
+            raise PydanticCustomError(NOT_UTF8, "{where}: {reason}", {"where": where, "reason": str(err)}) from None
+    elif isinstance(value, BaseModel):
+        for name, item in value:
+            check_text(item, f"{where}.{name}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"{where} (a key)")
+            check_text(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_text(item, f"{where}[{index}]")
+
+
+class Utf8Request(BaseModel):
+    """A request body whose every string is UTF-8 encodable (:func:`check_text`, field by field)."""
+
+    @model_validator(mode="after")
+    def _encodable_text(self) -> Self:
+        for name, value in self:
+            check_text(value, name)
+        return self
 
 
 class ErrorDetail(BaseModel):
@@ -23,7 +63,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(Utf8Request):
     """Inputs for one adapter: strings, or objects (``{"text", "text_pair"}``; for tagging ``{"tokens": [...]}``)."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -66,7 +106,7 @@ class Health(BaseModel):
     adapters: int
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(Utf8Request):
     """Decoding settings shared by the generation endpoints (the fields of ``GenerationConfig``)."""
 
     temperature: float = Field(1.0, ge=0, le=2)

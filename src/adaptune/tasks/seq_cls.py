@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.formats.source import check_utf8
 from adaptune.data.readers import read_text_examples
 from adaptune.data.records import TextExample
 from adaptune.errors import DataError
@@ -54,7 +55,26 @@ class SequenceClassification(Task[TextExample]):
     default_metric = "accuracy"
     kind = "classify"
 
+    def __init__(self, config: SeqClsConfig) -> None:
+        super().__init__(config)
+        # Whether the training examples were text pairs (data.text_pair_column); None: not known (not trained
+        # here, or an adapter saved before this was stored), and then predict takes either.
+        self.pairs: bool | None = None
+
+    def learned_state(self) -> dict[str, Any]:
+        return {} if self.pairs is None else {"text_pair": self.pairs}
+
+    def load_learned_state(self, state: dict[str, Any]) -> None:
+        pairs = state.get("text_pair")
+        self.pairs = pairs if isinstance(pairs, bool) else self.pairs
+
     def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[TextExample]:
+        examples = self._read(path, data, split=split, require_labels=require_labels)
+        if split == "train" and require_labels and examples:
+            self.pairs = any(example.text_pair is not None for example in examples)
+        return examples
+
+    def _read(self, path: str, data: DataConfig, *, split: str, require_labels: bool) -> list[TextExample]:
         hf_split = getattr(data, f"hf_split_{split}", None)
         return read_text_examples(
             path,
@@ -70,12 +90,31 @@ class SequenceClassification(Task[TextExample]):
 
     def parse_input(self, item: str | dict[str, Any]) -> TextExample:
         if isinstance(item, str):
-            return TextExample(text=item, labels=())
+            return self._check_pair(TextExample(text=check_utf8(item, field="text"), labels=()))
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError("needs a non-empty string", field="text")
         pair = item.get("text_pair")
-        return TextExample(text=text, labels=(), text_pair=pair if isinstance(pair, str) else None)
+        if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+            raise DataError("needs a non-empty string (or leave the field out)", field="text_pair")
+        pair = check_utf8(pair, field="text_pair") if pair is not None else None
+        return self._check_pair(TextExample(text=check_utf8(text, field="text"), labels=(), text_pair=pair))
+
+    def _check_pair(self, example: TextExample) -> TextExample:
+        """Refuse a ``text_pair`` the adapter was not trained with, or its absence where it was (when known)."""
+        if self.pairs is False and example.text_pair is not None:
+            raise DataError(
+                "this adapter was trained on single texts (no data.text_pair_column), so it takes no text_pair; "
+                "leave the field out, or use an adapter trained on text pairs",
+                field="text_pair",
+            )
+        if self.pairs and example.text_pair is None:
+            raise DataError(
+                "this adapter was trained on text pairs (data.text_pair_column), so every input needs one: "
+                'give {"text": ..., "text_pair": ...}',
+                field="text_pair",
+            )
+        return example
 
     def label_names(self, examples: Sequence[TextExample]) -> list[str]:
         labels = ordered_labels({label for ex in examples for label in ex.labels})

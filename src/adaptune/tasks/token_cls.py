@@ -34,6 +34,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from adaptune.config import DataConfig, TaskConfig
+from adaptune.data.formats.source import check_utf8
 from adaptune.data.readers import read_token_examples
 from adaptune.data.records import (
     Clitics,
@@ -49,6 +50,7 @@ from adaptune.data.records import (
 from adaptune.errors import AdapterFileError, DataError
 from adaptune.evaluation.metrics import entity_report, token_report
 from adaptune.evaluation.tagging import (
+    check_tag_spelling,
     detect_scheme,
     extract_entities,
     normalise_scheme,
@@ -221,9 +223,15 @@ class TokenClassification(Task[TokenExample]):
             require_labels=require_labels,
         )
         if require_labels and examples:
+            tags = [ex.tags for ex in examples]
+
+            def locate(index: int, pos: int) -> tuple[str | None, int | None]:
+                return examples[index].token_location(pos)
+
             if self.scheme is None:
-                tags = [ex.tags for ex in examples]
-                self.scheme = normalise_scheme(detect_scheme(tags, lambda i, pos: examples[i].token_location(pos)))
+                self.scheme = normalise_scheme(detect_scheme(tags, locate))
+            else:  # a scheme named in the config, or detected from the training file: the tags must still be tags
+                check_tag_spelling(tags, locate)
             self._learn_splitting(examples)
             self._check_scheme(examples, path)
         return examples
@@ -259,14 +267,15 @@ class TokenClassification(Task[TokenExample]):
 
     def parse_input(self, item: str | dict[str, Any]) -> TokenExample:
         if isinstance(item, str):
-            return self.split_text(item)
+            return self.split_text(check_utf8(item, field="text"))
         tokens = item.get("tokens")
         if isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens):
-            return token_example_from_words(tokens, (), " ", "")
+            checked = [check_utf8(token, None, "tokens", f"token {index}") for index, token in enumerate(tokens)]
+            return token_example_from_words(checked, (), " ", "")
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError("needs a non-empty 'text' string or a 'tokens' list of strings", field="text")
-        return self.split_text(text)
+        return self.split_text(check_utf8(text, field="text"))
 
     def label_names(self, examples: Sequence[TokenExample]) -> list[str]:
         tags = {tag for ex in examples for tag in ex.tags}

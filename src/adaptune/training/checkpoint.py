@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoints/step-NNNNNNN`` with ``state.safetensors`` (trainable weights, the best
 weights so far, the optimiser moments, torch's RNG state) and ``state.json`` (loop position, optimiser
-hyper-parameters, scheduler, numpy and python RNG states, the config fingerprint and the tensor file's SHA-256).
+hyper-parameters, scheduler, numpy and python RNG states, the config fingerprint, a digest of the training and
+dev data as encoded (:func:`data_digest`: a resumed run refuses changed data) and the tensor file's SHA-256).
 ``checkpoints/latest.json`` points at the newest complete one and is replaced atomically after the folder is
 written, so a crash at any moment leaves a loadable checkpoint. Older folders are removed afterwards.
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,31 @@ class LoopState:
 
 
 class CheckpointError(AdaptuneError):
-    """A checkpoint that cannot be used: corrupt, or made by a different config."""
+    """A checkpoint that cannot be used: corrupt, or made by a different config or other data."""
+
+
+def data_digest(path: str, encoded: Sequence[Any]) -> dict[str, Any]:
+    """What a checkpoint records of one split's data: its path, how many examples, and the SHA-256 of the
+    examples as the model sees them (token ids, segment ids, targets), so any change that matters to training
+    is caught, whatever the source (a file, a folder, a hub dataset)."""
+    digest = hashlib.sha256()
+    for example in encoded:
+        digest.update(json.dumps([example.input_ids, example.token_type_ids, example.target]).encode())
+        digest.update(b"\n")
+    return {"path": path, "examples": len(encoded), "sha256": digest.hexdigest()}
+
+
+def _check_data(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    for split, then in saved.items():
+        current = now.get(split)
+        if current is None or current["sha256"] == then["sha256"]:
+            continue  # a split that is gone is a config change, caught with the config
+        raise CheckpointError(
+            f"data.{split} {current['path']} changed since checkpoint {folder} was written ({then['examples']} "
+            f"examples then, {current['examples']} now; SHA-256 of the encoded examples {then['sha256'][:12]} "
+            f"then, {current['sha256'][:12]} now): resume with the data the run started with, or start again "
+            "with --overwrite"
+        )
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -80,6 +106,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config_fingerprint: str,
     config_flat: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint for ``loop.step`` and point ``latest.json`` at it."""
     folder = root / f"step-{loop.step:07d}"
@@ -98,6 +125,7 @@ def save_checkpoint(
         "rng": {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
         "config_fingerprint": config_fingerprint,
         "config": config_flat,
+        "data": data or {},
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
     }
     atomic_write_bytes(folder / "state.safetensors", blob)
@@ -158,8 +186,10 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config_fingerprint: str,
     config_flat: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> Restored:
-    """Verify and read a checkpoint; restore optimiser, scheduler and RNG states in place."""
+    """Verify and read a checkpoint; restore optimiser, scheduler and RNG states in place. ``data``
+    (:func:`data_digest` by split) must match what the checkpoint recorded (checkpoints that recorded none pass)."""
     meta_path, blob_path = folder / "state.json", folder / "state.safetensors"
     meta = _read_meta(meta_path)
     try:
@@ -173,6 +203,7 @@ def load_checkpoint(
         keys = sorted(k for k in set(saved) | set(config_flat) if saved.get(k) != config_flat.get(k))
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config_flat.get(k)!r}" for k in keys[:10])
         raise CheckpointError(f"checkpoint {folder} was made with a different config ({diffs})")
+    _check_data(folder, meta.get("data") or {}, data or {})
     tensors = load_tensors(blob)
     _restore_optimizer(optimizer, tensors, meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])

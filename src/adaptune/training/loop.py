@@ -102,8 +102,10 @@ class Trainer:
         pad_id: int,
         padding_side: str = "right",
         callbacks: Sequence[Callback] = (),
+        data: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.train, self.config, self.out_dir = model, train, config, out_dir
+        self.data = data or {}  # data_digest by split: recorded in checkpoints, checked on resume
         self.cfg = config.training
         self.evaluate, self.metric, self.pad_id, self.padding_side = evaluate, metric, pad_id, padding_side
         self.callbacks = CallbackList([*default_callbacks(self.cfg), *callbacks])
@@ -168,6 +170,7 @@ class Trainer:
             scheduler=self.scheduler,
             config_fingerprint=self.fingerprint,
             config_flat=self.config_flat,
+            data=self.data,
         )
         self.model.load_trainable_state(restored.trainable)
         self.state, self.best_state = restored.loop, restored.best
@@ -184,6 +187,7 @@ class Trainer:
             scheduler=self.scheduler,
             config_fingerprint=self.fingerprint,
             config_flat=self.config_flat,
+            data=self.data,
         )
 
     # -- the loop -------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaptune.data.formats.source import Location, Row, describe
+from adaptune.data.formats.source import Location, Row, check_utf8, describe
 from adaptune.data.records import TextExample, TokenExample, token_example_from_words
 
 _LOG = logging.getLogger(__name__)
@@ -66,13 +66,13 @@ def _text(row: Row, name: str) -> str:
         raise row.location.error(f"expected text, found {describe(value)}", field=name)
     if not value.strip():
         raise row.location.error("empty text", field=name)
-    return value.strip()
+    return check_utf8(value.strip(), row.location, name)
 
 
 def _scalar_label(value: Any, location: Location, name: str) -> str:
     """One label as a string: text is stripped, an integer (or integral float) becomes its digits."""
     if isinstance(value, str):
-        return value.strip()
+        return check_utf8(value.strip(), location, name, "the label")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
@@ -121,7 +121,12 @@ def _string_list(row: Row, name: str) -> list[str]:
     value = _field(row, name)
     if not isinstance(value, list):
         raise row.location.error(f"expected a list, found {describe(value)}", field=name)
-    return [_scalar_label(item, row.location, name) if not isinstance(item, str) else item for item in value]
+    return [
+        check_utf8(item, row.location, name, f"item {index}")
+        if isinstance(item, str)
+        else _scalar_label(item, row.location, name)
+        for index, item in enumerate(value)
+    ]
 
 
 def _listed_token_example(row: Row, tokens_field: str, tags_field: str, require_labels: bool) -> TokenExample:
@@ -159,9 +164,11 @@ def _cluener_spans(text: str, label: Mapping[str, Any], location: Location) -> l
     """Every ``(start, end_inclusive, type)`` in a CLUENER label ``{TYPE: {MENTION: [[s, e], ...]}}``."""
     found: list[tuple[int, int, str]] = []
     for entity_type, mentions in label.items():
+        check_utf8(entity_type, location, "label", f"entity type {entity_type!r}")
         if not isinstance(mentions, dict):
             raise location.error(f"'{entity_type}' should map mentions to spans", field="label")
         for mention, spans in mentions.items():
+            check_utf8(mention, location, "label", f"the mention {mention!r}")
             if not isinstance(spans, list):
                 raise location.error(f"the spans of '{mention}' should be a list", field="label")
             found.extend((*_span(raw, mention, text, location), entity_type) for raw in spans)
@@ -195,6 +202,7 @@ def _character_token_example(row: Row, require_labels: bool) -> TokenExample:
     text = _field(row, "text")
     if not isinstance(text, str) or not text.strip():
         raise row.location.error("expected non-empty text", field="text")
+    check_utf8(text, row.location, "text")
     label = row.values.get("label")
     if label is None and require_labels:
         present = ", ".join(map(str, row.values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any
 from adaptune.errors import DataError
 
 _BOM = "\ufeff"
+# A lone surrogate: what a JSON escape \ud800-\udfff without its pair (or a byte Python decoded with
+# surrogateescape) leaves in a str; UTF-8 cannot encode it, so tokenizers fail on it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,24 @@ def describe(value: Any) -> str:
     """Name the type of a decoded value in JSON terms, for messages: ``"a list"``, ``"null"``, ..."""
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def check_utf8(text: str, location: Location | None = None, field: str | None = None, what: str = "the text") -> str:
+    """Return ``text`` if UTF-8 can encode it: the check every reader (and predict's input) makes on each
+    text-carrying value where it enters.
+
+    Raises:
+        DataError: at ``location`` naming ``field`` when ``text`` holds a lone surrogate (a JSON
+            ``\\ud800``-style escape without its pair), which no tokenizer can take.
+    """
+    found = _SURROGATE.search(text)
+    if found is None:
+        return text
+    message = (
+        f"{what} holds a lone surrogate (U+{ord(found.group()):04X} at character {found.start() + 1}), so it is "
+        "not UTF-8 encodable; a JSON \\uD800-\\uDFFF escape needs its pair (or write the character itself)"
+    )
+    raise location.error(message, field=field) if location is not None else DataError(message, field=field)
 
 
 def read_text_file(path: str | Path) -> str:
