@@ -22,8 +22,9 @@ hold tensors bitwise equal (same names, dtypes, shapes and bytes) to those of an
 harness, and its ``metrics.jsonl`` must be equal except for timing. The results file holds
 ``{"kills": N, "exact_resumes": N, "corrupt_loads": N, "bad_input_kinds": N, "bad_input_cases": N}``: kills whose
 run resumed and ended with the uninterrupted weights, kills after which a load failed or a result differed, and the
-bad-input catalogue beside them (``tests/reliability/test_bad_inputs.py``: the kinds of bad input its table lists
-and the test cases it holds; ``--catalogue-only`` recounts those without new kills).
+bad-input catalogue beside them (``tests/reliability/test_bad_inputs.py`` and its ``test_bad_inputs_*.py``
+companions: the kinds of bad input their tables list and the test cases they hold; ``--catalogue-only`` recounts
+those without new kills).
 
 Children are forked from a ``multiprocessing`` fork server that imported adaptune once, so a restart costs
 tens of milliseconds instead of the five seconds that importing torch and transformers takes on a small machine;
