@@ -16,8 +16,9 @@ def minilm_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A random 2-layer BERT with hidden size 32 and MiniLM's uncased WordPiece tokenizer."""
+def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2, dropout: float = 0.1) -> Path:
+    """A random 2-layer BERT with hidden size 32 and MiniLM's uncased WordPiece tokenizer; ``dropout`` for the
+    hidden states and attention probabilities (BERT's 0.1; 0 for runs compared value by value)."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     config = BertConfig(
@@ -27,6 +28,8 @@ def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 
         num_attention_heads=2,
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -23,9 +23,16 @@ from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded, EvalOutput, Task
 from adaptune.training.callbacks import Callback
 from adaptune.training.checkpoint import data_digest
+from adaptune.training.distributed import (
+    SINGLE,
+    Distributed,
+    check_switches,
+    claim_on_main,
+    distributed_session,
+    gather_in_order,
+)
 from adaptune.training.logging import warn_before_training
 from adaptune.training.loop import Trainer, seed_everything
-from adaptune.training.run_folder import claim_output_folder
 
 #: Data settings stored with an adapter so that ``adaptune eval`` reads files the way training did.
 READ_OPTIONS = {
@@ -120,21 +127,30 @@ def effective_max_length(requested: int, backbone: Backbone) -> int:
     return int(min(requested, limit, model_max if model_max < 1_000_000 else limit))
 
 
-def evaluate_split(model: AdaptedModel, split: Split, cfg: RunConfig) -> tuple[EvalOutput, list[Any]]:
-    """Predict a labelled split and score it (headline metrics plus the mean loss)."""
+def evaluate_split(
+    model: AdaptedModel, split: Split, cfg: RunConfig, dist: Distributed = SINGLE
+) -> tuple[EvalOutput, list[Any]]:
+    """Predict a labelled split and score it (headline metrics plus the mean loss). Under several processes
+    each rank predicts its share (examples ``rank, rank + N, ...``) and every rank scores the gathered whole."""
     tokenizer = model.info.tokenizer
+    mine = split.encoded[dist.rank :: dist.world]
     out = run_model(
         model,
-        split.encoded,
+        mine,
         batch_size=cfg.data.eval_batch_size,
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
         bf16=cfg.training.bf16,
     )
-    result = model.task.evaluate(split.examples, out.predictions, model.labels)
-    if out.loss is not None:
-        result.headline.setdefault("loss", out.loss)  # a task may report its own (token-weighted) loss
-    return result, out.predictions
+    predictions = gather_in_order(dist, len(split.encoded), out.predictions)
+    loss = out.loss
+    if dist.active:  # run_model's loss is a mean over examples: weigh each rank's by its count
+        shares = [(n, part) for n, part in dist.all_gather((len(mine), out.loss)) if part is not None]
+        loss = sum(n * part for n, part in shares) / sum(n for n, _ in shares) if shares else None
+    result = model.task.evaluate(split.examples, predictions, model.labels)
+    if loss is not None:
+        result.headline.setdefault("loss", loss)  # a task may report its own (token-weighted) loss
+    return result, predictions
 
 
 def _describe(cfg: RunConfig, model: AdaptedModel, prep: Prepared, metrics: dict[str, Any]) -> AdapterDescription:
@@ -209,19 +225,28 @@ def train(
             torch.set_num_interop_threads(cfg.training.num_interop_threads)
         except RuntimeError as err:  # torch allows it once per process, before any inter-op parallel work
             warnings.warn(f"training.num_interop_threads not applied: {err}", stacklevel=2)
-    with claim_output_folder(cfg.training.output_dir, resume=resume, overwrite=overwrite) as claimed:
-        warn_before_training(claimed.notes)  # a stale lock taken over, temporary files removed, a run replaced
-        return _train_in(claimed.path, cfg, resume, callbacks, started)
+    with distributed_session(cfg.training.device, cfg.training.dist_timeout_s) as dist:
+        check_switches(cfg.training, dist.world)
+        output_dir = cfg.training.output_dir
+        with claim_on_main(dist, output_dir, resume=resume, overwrite=overwrite) as claimed:
+            warn_before_training(claimed.notes)  # a stale lock taken over, temporary files removed, a run replaced
+            return _train_in(claimed.path, cfg, resume, callbacks, started, dist)
 
 
 def _train_in(
-    out_dir: Path, cfg: RunConfig, resume: bool, callbacks: Sequence[Callback] | None, started: float
+    out_dir: Path,
+    cfg: RunConfig,
+    resume: bool,
+    callbacks: Sequence[Callback] | None,
+    started: float,
+    dist: Distributed,
 ) -> TrainResult:
-    """The body of :func:`train`, in the claimed output folder."""
+    """The body of :func:`train`, in the claimed output folder; rank 0 alone writes there."""
     prep = prepare(cfg)
-    warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
+    if dist.is_main:
+        warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
-    model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels)
+    model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels).to(dist.device)
     metric = cfg.training.metric if cfg.training.metric != "auto" else prep.task.default_metric
     dev = prep.splits.get("dev")
     tokenizer = prep.backbone.tokenizer
@@ -230,7 +255,8 @@ def _train_in(
         prep.task.training_examples(prep.splits["train"].encoded, prep.max_length),
         cfg,
         out_dir=out_dir,
-        evaluate=(lambda m: evaluate_split(m, dev, cfg)[0]) if dev is not None else None,
+        dist=dist,
+        evaluate=(lambda m: evaluate_split(m, dev, cfg, dist)[0]) if dev is not None else None,
         metric=metric,
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
@@ -241,7 +267,7 @@ def _train_in(
             if name in ("train", "dev")
         },
     )
-    at_start = _evaluate_at_start(model, dev, cfg, out_dir) if cfg.training.eval_at_start and dev else None
+    at_start = _evaluate_at_start(model, dev, cfg, out_dir, dist) if cfg.training.eval_at_start and dev else None
     fit = trainer.fit(resume=resume)
     if fit.best_state is not None:
         model.load_trainable_state(fit.best_state)
@@ -256,15 +282,21 @@ def _train_in(
     if at_start is not None:
         results["at_start"] = at_start
     for split in (s for name, s in prep.splits.items() if name != "train"):
-        result, predictions = evaluate_split(model, split, cfg)
-        result.headline.update(model.task.extra_evaluation(model, split.examples, out_dir, split.name))
-        results["splits"][split.name] = write_eval_report(
-            out_dir, split.name, split.path, result, model.task, split.examples, predictions, model.labels
+        result, predictions = evaluate_split(model, split, cfg, dist)
+        extra = dist.on_main(lambda s=split: model.task.extra_evaluation(model, s.examples, out_dir, s.name))
+        result.headline.update(extra)
+        results["splits"][split.name] = dist.on_main(
+            lambda s=split, r=result, p=predictions: write_eval_report(
+                out_dir, s.name, s.path, r, model.task, s.examples, p, model.labels
+            )
         )
     headline = {name: r["headline"] for name, r in results["splits"].items()}
-    adapter_dir = save_adapter(out_dir / "adapter", model.trainable_state(), _describe(cfg, model, prep, headline))
+    description = _describe(cfg, model, prep, headline)
+    adapter_dir = dist.on_main(lambda: save_adapter(out_dir / "adapter", model.trainable_state(), description))
     results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
-    write_run_summary(out_dir, cfg, results, trainer)
+    if dist.active:
+        results["nproc"] = dist.world
+    dist.on_main(lambda: write_run_summary(out_dir, cfg, results, trainer))
     figures = (results["trainable_params"], fit.tokens_per_s, results["wall_s"])
     return TrainResult(out_dir, adapter_dir, results, *figures, model=model, notes=prep.notes)
 
@@ -292,20 +324,25 @@ def headline_line(results: dict[str, Any]) -> str | None:
     return f"{name} {metric} {figures[metric]:.4f}" + (f" ({extra})" if extra else "")
 
 
-def _evaluate_at_start(model: AdaptedModel, dev: Split, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+def _evaluate_at_start(
+    model: AdaptedModel, dev: Split, cfg: RunConfig, out_dir: Path, dist: Distributed = SINGLE
+) -> dict[str, Any]:
     """Dev headline metrics before training (``training.eval_at_start``); kept in results.json on resume."""
     import json
 
-    previous = out_dir / "results_at_start.json"
-    if previous.is_file():  # a resumed run: the start was evaluated before the interruption
-        return json.loads(previous.read_text(encoding="utf-8"))
     from adaptune.io import atomic_write_json
 
-    result, _ = evaluate_split(model, dev, cfg)
+    previous = out_dir / "results_at_start.json"
+    kept = dist.on_main(lambda: json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else None)
+    if kept is not None:  # a resumed run: the start was evaluated before the interruption
+        return kept  # type: ignore[no-any-return]
+    result, _ = evaluate_split(model, dev, cfg, dist)
     headline = dict(result.headline)
-    headline.update(model.task.extra_evaluation(model, dev.examples, out_dir, f"{dev.name}_start"))
+    headline.update(
+        dist.on_main(lambda: model.task.extra_evaluation(model, dev.examples, out_dir, f"{dev.name}_start"))
+    )
     model.train()
-    atomic_write_json(previous, headline)
+    dist.on_main(lambda: atomic_write_json(previous, headline))
     return headline
 
 

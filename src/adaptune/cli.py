@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from enum import StrEnum
@@ -60,24 +61,55 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a run already in the output folder (else such a folder is refused).")
     ] = False,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP + " Default: training.device (auto).")] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Train on N processes of this machine: starts torchrun --standalone --nproc-per-node N."),
+    ] = None,
 ) -> None:
     """Train an adapter, evaluate it on dev and test, and save it.
 
     The config keys, with types, defaults and help: adaptune config --schema (or the README's Configuration
     table); adaptune config CONFIG --set ... shows the config a run would use; adaptune methods lists the methods.
+    Under torchrun (several processes or machines) every rank trains its share and rank 0 writes.
     """
     from adaptune.api import train as run_train
     from adaptune.config import load_config
+    from adaptune.training.distributed import launched_world_size
 
+    if nproc is not None and nproc > 1 and launched_world_size() == 1:
+        raise typer.Exit(_torchrun(nproc, sys.argv[1:]))
     try:
-        cfg = load_config(_config_path(config), set_ or [])
+        overrides = [*(set_ or []), *([f"training.device={device}"] if device else [])]
+        cfg = load_config(_config_path(config), overrides)
         result = run_train(cfg, resume=resume, overwrite=overwrite)
     except AdaptuneError as err:
         fail(err)
         return
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun rank 0 reports
     for split in result.results["splits"].values():
         typer.echo((result.output_dir / split["files"]["table"]).read_text(encoding="utf-8"))
     _echo_summary(result, "tables, plots and predictions")
+
+
+DEVICE_HELP = "Where to run: auto (CUDA when torch sees one), cpu, cuda or cuda:N."
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Run ``adaptune ARGV`` (without ``--nproc``) on ``nproc`` local processes under torchrun; its exit code."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "adaptune", *args])
 
 
 def _echo_summary(result: TrainResult, beside: str) -> None:
@@ -98,13 +130,14 @@ def evaluate(
         Path | None, typer.Option(help="Folder for the report: eval_<name>.json/.txt/.md for DATA <name>.<ext>.")
     ] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="Override the data format.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Evaluate an adapter on a labelled file: per-class (or entity-level) table, results JSON."""
     from adaptune.evaluation.report import report_tables, write_eval_report
     from adaptune.inference import Predictor
 
     try:
-        predictor = Predictor.load(adapter)
+        predictor = Predictor.load(adapter, device=device)
         overrides = {"format": data_format} if data_format else {}
         data_cfg = predictor.data.model_copy(update=overrides)
         examples = predictor.task.read(str(data), data_cfg, split="test")
@@ -137,13 +170,14 @@ def predict(
         str, typer.Argument(help="Input file (one text or JSON object per line, no blank lines) or - for stdin.")
     ] = "-",
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Predict: JSONL out, one line per input line (labels and scores; NER: entity spans with character offsets)."""
     from adaptune.inference import Predictor
 
     try:
         lines = read_inputs(source)
-        predictor = Predictor.load(adapter, batch_size=batch_size)
+        predictor = Predictor.load(adapter, batch_size=batch_size, device=device)
         try:
             outputs = predictor.predict(lines)
         except DataError as err:  # input i is line i + 1 (read_inputs refuses blank lines): name the file too

@@ -173,6 +173,17 @@ class TrainingConfig(StrictModel):
     output_dir: str = Field("runs/run", description="Where the adapter, checkpoints, logs and reports go.")
     progress: bool = Field(True, description="Show a live progress bar.")
     log_every: int = Field(10, ge=1, description="Log the training loss every N optimiser steps.")
+    device: str = Field(
+        "auto",
+        description="Where to train: auto (CUDA when torch sees one, else the CPU), cpu, cuda or cuda:N; the "
+        "--device option of train, eval, predict and serve.",
+    )
+    dist_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Under torchrun: how long a rank waits for the others in a collective before the run fails "
+        "(a rank that died is usually noticed at once).",
+    )
 
     @model_validator(mode="after")
     def _compatible_speed_switches(self) -> TrainingConfig:
@@ -208,6 +219,10 @@ class TrainingConfig(StrictModel):
                 "choose one"
             )
         return self
+
+
+#: Config keys that never change what a run learns: a checkpoint made with other values resumes.
+NOT_IN_FINGERPRINT = ("training.progress", "training.output_dir", "training.device", "training.dist_timeout_s")
 
 
 class GenerationConfig(BaseModel):
@@ -251,7 +266,7 @@ class RunConfig(StrictModel):
     def _resolve_task(cls, value: Any) -> TaskConfig:
         return value if isinstance(value, TaskConfig) else _task_config(value)
 
-    def fingerprint(self, *, ignore: tuple[str, ...] = ("training.progress", "training.output_dir")) -> str:
+    def fingerprint(self, *, ignore: tuple[str, ...] = NOT_IN_FINGERPRINT) -> str:
         """A short hash of the settings that change results (used to match checkpoints to configs)."""
         flat = {k: v for k, v in flatten(self.model_dump(mode="json")).items() if k not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]

@@ -72,7 +72,7 @@ def test_early_stopping_keeps_the_best_weights(
     scripted = iter([0.50, 0.70, 0.65, 0.60, 0.90, 0.95])
     calls: list[int] = []
 
-    def fake_evaluate(model, split, cfg):  # type: ignore[no-untyped-def]
+    def fake_evaluate(model, split, cfg, dist=None):  # type: ignore[no-untyped-def]
         calls.append(1)
         return EvalOutput(report={}, headline={"accuracy": next(scripted, 0.0)}), []
 

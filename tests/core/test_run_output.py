@@ -106,7 +106,7 @@ def test_early_stopping_is_announced(
 ) -> None:
     scripted = iter([0.50, 0.70, 0.65, 0.60])
 
-    def fake_evaluate(model, split, cfg):  # type: ignore[no-untyped-def]
+    def fake_evaluate(model, split, cfg, dist=None):  # type: ignore[no-untyped-def]
         return EvalOutput(report={}, headline={"accuracy": next(scripted, 0.0)}), []
 
     monkeypatch.setattr(adaptune.api, "evaluate_split", fake_evaluate)

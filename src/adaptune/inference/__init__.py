@@ -57,11 +57,12 @@ def run_model(
     loss_sum, loss_n = 0.0, 0
     was_training = model.training
     model.eval()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    device = model_device(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.no_grad(), autocast:
         for indices in eval_batches([len(e) for e in encoded], batch_size):
             items = [encoded[i] for i in indices]
-            batch = model.task.collate(items, pad_id, padding_side)
+            batch = to_device(model.task.collate(items, pad_id, padding_side), device)
             logits = model(batch)
             if adapter is not None:
                 check_finite(logits, adapter)
@@ -72,9 +73,21 @@ def run_model(
                 predictions[i] = pred
             if keep_logits:
                 for row, i in enumerate(indices):
-                    logits_out[i] = _unpad(logits[row].float(), batch["attention_mask"][row])
+                    logits_out[i] = _unpad(logits[row].float().cpu(), batch["attention_mask"][row].cpu())
     model.train(was_training)
     return BatchOutput(predictions, logits_out, loss_sum / loss_n if loss_n else None)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with its tensors on ``device`` (unchanged on the CPU, where collate builds them)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def check_finite(logits: torch.Tensor, adapter: str) -> None:
@@ -143,18 +156,24 @@ class Predictor:
         batch_size: int = 32,
         bf16: bool = False,
         merge: bool = False,
+        device: str = "auto",
     ) -> Predictor:
         """Load an adapter folder onto its base model (or onto ``base``, which must be the same weights).
 
         ``merge=True`` folds a mergeable method (lora, ia3, bitfit, head) into the base weights with the method's
         explicit ``merge()``, so prediction runs the plain base model plus the head (same outputs to float
         tolerance, no adapter cost per token); other methods are refused with a :class:`ConfigError` that lists
-        the mergeable ones (:class:`~adaptune.methods.base.Mergeable`).
+        the mergeable ones (:class:`~adaptune.methods.base.Mergeable`). ``device``: auto (CUDA when torch sees
+        one), cpu, cuda or cuda:N.
         """
+        from adaptune.training.distributed import resolve_device
+
+        target = resolve_device(device)
         adapter = load_adapter(path)
         model = model_from_adapter(adapter, base=base)
         if merge:
             merge_in_place(model)
+        model.to(target)
         return cls(model, adapter.config, batch_size=batch_size, bf16=bf16, name=str(adapter.path))
 
     @property
@@ -190,7 +209,7 @@ class Predictor:
         )
 
     def _autocast(self) -> Any:
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return torch.autocast(model_device(self.model).type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def generate(
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = True, **options: Any

@@ -184,7 +184,8 @@ class Checkpointing(Callback):
         trainer.checkpoint()
 
 
-def default_callbacks(training: TrainingConfig) -> list[Callback]:
-    """The run's own callbacks, from its config: metrics log, early stopping (when a patience is set), checkpoints."""
+def default_callbacks(training: TrainingConfig, *, writes: bool = True) -> list[Callback]:
+    """The run's own callbacks, from its config: metrics log, early stopping (when a patience is set), checkpoints.
+    Without ``writes`` (ranks other than 0) only early stopping, which every rank decides alike."""
     stopping = [EarlyStopping(training.early_stopping_patience)] if training.early_stopping_patience is not None else []
-    return [MetricsLogger(), *stopping, Checkpointing()]
+    return [MetricsLogger(), *stopping, Checkpointing()] if writes else stopping

@@ -39,6 +39,8 @@ class LoopState:
     best_step: int | None = None
     evals_without_gain: int = 0
     stopped_early: bool = False
+    #: Global batches per optimiser step (processes x accumulation); 0 in checkpoints from before it was kept.
+    global_group: int = 0
 
 
 class CheckpointError(AdaptuneError):
@@ -179,17 +181,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta  # type: ignore[no-any-return]
 
 
-def load_checkpoint(
-    folder: Path,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config_fingerprint: str,
-    config_flat: dict[str, Any],
-    data: dict[str, Any] | None = None,
-) -> Restored:
-    """Verify and read a checkpoint; restore optimiser, scheduler and RNG states in place. ``data``
-    (:func:`data_digest` by split) must match what the checkpoint recorded (checkpoints that recorded none pass)."""
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """A checkpoint's ``state.json`` and its verified tensor file (a :class:`CheckpointError` naming the file
+    when unreadable, incomplete or corrupt). Under several processes rank 0 reads and sends them to the others."""
     meta_path, blob_path = folder / "state.json", folder / "state.safetensors"
     meta = _read_meta(meta_path)
     try:
@@ -198,6 +192,23 @@ def load_checkpoint(
         raise CheckpointError(f"{blob_path} cannot be read: {err.strerror}") from None
     if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
         raise CheckpointError(f"{blob_path} is corrupt or truncated (SHA-256 differs from {meta_path})")
+    return meta, blob
+
+
+def load_checkpoint(
+    folder: Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config_fingerprint: str,
+    config_flat: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    read: tuple[dict[str, Any], bytes] | None = None,
+) -> Restored:
+    """Verify and read a checkpoint (or use ``read``, what :func:`read_checkpoint` gave); restore optimiser,
+    scheduler and RNG states in place. ``data`` (:func:`data_digest` by split) must match what the checkpoint
+    recorded (checkpoints that recorded none pass)."""
+    meta, blob = read if read is not None else read_checkpoint(folder)
     if meta["config_fingerprint"] != config_fingerprint:
         saved = meta.get("config", {})
         keys = sorted(k for k in set(saved) | set(config_flat) if saved.get(k) != config_flat.get(k))

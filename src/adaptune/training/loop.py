@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from adaptune.config import RunConfig, flatten
+from adaptune.config import NOT_IN_FINGERPRINT, RunConfig, flatten
 from adaptune.data.batching import train_batches
 from adaptune.errors import ConfigError
 from adaptune.methods.base import ParamGroup, ParamGroups
@@ -28,7 +30,15 @@ from adaptune.model import AdaptedModel
 from adaptune.registry import methods_with
 from adaptune.tasks.base import Encoded, EvalOutput
 from adaptune.training.callbacks import Callback, CallbackList, StepRecord, default_callbacks
-from adaptune.training.checkpoint import LoopState, find_checkpoint, load_checkpoint, save_checkpoint
+from adaptune.training.checkpoint import (
+    CheckpointError,
+    LoopState,
+    find_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from adaptune.training.distributed import SINGLE, Distributed, check_switches
 from adaptune.training.fast import FastPath
 from adaptune.training.logging import ProgressBar
 from adaptune.training.neftune import noisy_embeddings
@@ -83,11 +93,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainStep(nn.Module):
+    """The training forward as a module, ``(batch, indices) -> logits`` through the :class:`FastPath`, so that
+    :class:`~torch.nn.parallel.DistributedDataParallel` wraps it and its gradient hooks see every step."""
+
+    def __init__(self, model: AdaptedModel, fast: FastPath) -> None:
+        super().__init__()
+        self.model = model
+        self.fast = fast
+
+    def forward(self, batch: dict[str, torch.Tensor], indices: list[int]) -> torch.Tensor:
+        return self.fast.forward(batch, indices)
+
+
+def data_parallel(model: AdaptedModel, fast: FastPath, device: torch.device) -> DistributedDataParallel:
+    """DDP over the trained parameters only: the frozen base and every buffer are left out of its start-up
+    broadcast and of the gradient all-reduce (each rank loaded the same base)."""
+    step = TrainStep(model, fast)
+    frozen = [name for name, p in step.named_parameters() if not p.requires_grad]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        step, frozen + [name for name, _ in step.named_buffers()]
+    )
+    return DistributedDataParallel(
+        step, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+
+
 class Trainer:
     """Runs the loop for one :class:`AdaptedModel` on encoded training examples.
 
     ``callbacks`` (:class:`~adaptune.training.callbacks.Callback`) run after the run's own ones (metrics log,
-    early stopping, checkpoints: :func:`~adaptune.training.callbacks.default_callbacks`), in the order given.
+    early stopping, checkpoints: :func:`~adaptune.training.callbacks.default_callbacks`), in the order given, on
+    every rank (``trainer.dist.is_main`` tells rank 0). Under several processes (``dist``,
+    :mod:`adaptune.training.distributed`) each rank trains on its share of every epoch's batches.
     """
 
     def __init__(
@@ -103,16 +141,17 @@ class Trainer:
         padding_side: str = "right",
         callbacks: Sequence[Callback] = (),
         data: dict[str, Any] | None = None,
+        dist: Distributed = SINGLE,
     ) -> None:
+        check_switches(config.training, dist.world)
         self.model, self.train, self.config, self.out_dir = model, train, config, out_dir
+        self.dist = dist
         self.data = data or {}  # data_digest by split: recorded in checkpoints, checked on resume
         self.cfg = config.training
         self.evaluate, self.metric, self.pad_id, self.padding_side = evaluate, metric, pad_id, padding_side
-        self.callbacks = CallbackList([*default_callbacks(self.cfg), *callbacks])
+        self.callbacks = CallbackList([*default_callbacks(self.cfg, writes=dist.is_main), *callbacks])
         self.lengths = [len(e) for e in train]
-        self.batches_per_epoch = math.ceil(len(train) / config.data.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.grad_accum_steps)
-        self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.steps_per_epoch)
+        self.batches_per_epoch = math.ceil(len(train) / config.data.batch_size)  # over all ranks
         lr = self.cfg.learning_rate or model.method.default_learning_rate
         named = list(model.adapter_parameters().items()) + list(model.head.named_parameters())
         if not named:
@@ -122,8 +161,7 @@ class Trainer:
             )
         groups = self._method_groups()
         self.optimizer = build_optimizer(named, lr, self.cfg.weight_decay, groups=groups)
-        warmup = round(self.cfg.warmup_ratio * self.total_steps)
-        self.scheduler = build_scheduler(self.optimizer, warmup=warmup, total=self.total_steps, kind=self.cfg.scheduler)
+        self._plan(self.cfg.grad_accum_steps)
         self.state = LoopState()
         self.resumed = False
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -134,11 +172,35 @@ class Trainer:
         self.bar: ProgressBar | None = None
         self.fingerprint = config.fingerprint()
         self.config_flat = {
-            k: v
-            for k, v in flatten(config.model_dump(mode="json")).items()
-            if k not in ("training.progress", "training.output_dir")
+            k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in NOT_IN_FINGERPRINT
         }
         self.fast = FastPath(model, self.cfg, self.lengths, out_dir, padding_side)
+        self.ddp: DistributedDataParallel | None = None
+        self.resume_note = ""
+
+    def _plan(self, accum: int) -> None:
+        """Steps and learning-rate schedule for ``accum`` batches per rank and optimiser step: a step takes
+        ``world * accum`` global batches (the *global group*), ``ceil(batches / (world * accum))`` steps an epoch."""
+        self.accum = accum
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / (self.dist.world * accum))
+        self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.steps_per_epoch)
+        warmup = round(self.cfg.warmup_ratio * self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, warmup=warmup, total=self.total_steps, kind=self.cfg.scheduler)
+
+    def _keep_global_group(self, folder: Path, saved: int) -> None:
+        """Resuming on another number of processes: take ``saved`` global batches per step as the checkpoint's
+        run did (the same steps, schedule and result), by accumulating ``saved / world`` batches per rank."""
+        world = self.dist.world
+        if saved == world * self.accum:
+            return
+        if saved % world:
+            raise CheckpointError(
+                f"checkpoint {folder} was made taking {saved} batches per optimiser step (processes x "
+                f"training.grad_accum_steps); {world} processes cannot share that evenly: resume on a number of "
+                f"processes that divides {saved}"
+            )
+        self._plan(saved // world)
+        self.resume_note = f" ({world} process(es) accumulating {self.accum} batches: {saved} per step, as before)"
 
     def _method_groups(self) -> list[ParamGroup]:
         """The method's own optimiser groups (:class:`ParamGroups`: LoRA+); a :class:`ConfigError` when
@@ -161,11 +223,19 @@ class Trainer:
     # -- resume ---------------------------------------------------------------------------------------------
     def resume(self, checkpoint: Path | None = None) -> bool:
         """Restore the newest checkpoint (or ``checkpoint``); False when there is none."""
-        folder = checkpoint or find_checkpoint(self.ckpt_root)
-        if folder is None:
+
+        def read() -> tuple[Path, tuple[dict[str, Any], bytes]] | None:
+            folder = checkpoint or find_checkpoint(self.ckpt_root)
+            return None if folder is None else (folder, read_checkpoint(folder))
+
+        found = self.dist.on_main(read)  # rank 0 reads, every rank restores
+        if found is None:
             return False
+        folder, read_back = found
+        self._keep_global_group(folder, int(read_back[0]["loop"].get("global_group") or self.cfg.grad_accum_steps))
         restored = load_checkpoint(
             folder,
+            read=read_back,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             config_fingerprint=self.fingerprint,
@@ -196,9 +266,16 @@ class Trainer:
         seed_everything(self.cfg.seed)
         self.model.mark_trainable()
         self.resumed = self.resume() if resume else False
-        with ProgressBar(self.total_steps, self.state.step, self.cfg.progress) as self.bar:
+        self.state.global_group = self.dist.world * self.accum
+        if self.dist.active:
+            self.dist.check_same("config", self.fingerprint)
+            self.dist.check_same("training and dev data", self.data)
+            self.ddp = data_parallel(self.model, self.fast, self.dist.device)
+            if not self.dist.is_main:  # its own dropout draws: other ranks' masks would repeat rank 0's
+                torch.manual_seed(self.cfg.seed + 1_000_003 * self.dist.rank + self.state.step)
+        with ProgressBar(self.total_steps, self.state.step, self.cfg.progress and self.dist.is_main) as self.bar:
             if self.resumed:
-                self.message(f"resumed from step {self.state.step}")
+                self.message(f"resumed from step {self.state.step}{self.resume_note}")
             self.callbacks.on_fit_start(self)
             embeddings = self.model.backbone.get_input_embeddings()
             try:
@@ -207,6 +284,8 @@ class Trainer:
                         self._epoch()
             finally:
                 self.fast.close()
+            tokens, _ = self.dist.sum([float(self.train_tokens), 0.0])
+            self.train_tokens = int(tokens)  # every rank's; the seconds are this rank's (they ran side by side)
             self.callbacks.on_fit_end(self)
         return FitResult(
             self.state, self.best_state, self.last_eval, self.metric, self.train_tokens, self.train_seconds
@@ -222,18 +301,20 @@ class Trainer:
             epoch=epoch,
             bucket=self.config.data.bucket_by_length,
         )
-        accum = self.cfg.grad_accum_steps
+        accum = self.accum
+        start = self.state.batch_in_epoch  # global batches of this epoch already trained on (by all ranks)
+        mine = self.dist.shard(batches[start:])
         self.model.train()
         self.fast.train_mode()
         self.window, step = Window(), Window()
         self.callbacks.on_epoch_start(self, epoch)
-        for index in range(self.state.batch_in_epoch, len(batches)):
+        for index, indices in enumerate(mine):
             group_first = index - index % accum
-            group_end = min(len(batches), group_first + accum)
+            group_end = min(len(mine), group_first + accum)
             started = time.perf_counter()
-            batch = self.model.task.collate([self.train[i] for i in batches[index]], self.pad_id, self.padding_side)
-            loss = self._backward(batch, batches[index], scale=1.0 / (group_end - group_first))
-            self.state.batch_in_epoch = index + 1
+            batch = self.model.task.collate([self.train[i] for i in indices], self.pad_id, self.padding_side)
+            loss = self._backward(batch, indices, scale=1.0 / (group_end - group_first), sync=index + 1 == group_end)
+            self.state.batch_in_epoch = min(len(batches), start + (index + 1) * self.dist.world)
             if index + 1 == group_end:
                 self._optimizer_step()
             seconds = time.perf_counter() - started
@@ -243,7 +324,7 @@ class Trainer:
                 continue
             self._end_step(step)
             step = Window()
-            last_of_epoch = index + 1 == len(batches)
+            last_of_epoch = index + 1 == len(mine)
             if last_of_epoch:
                 self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
             if self._eval_due(last_of_epoch):
@@ -264,16 +345,25 @@ class Trainer:
         if self.bar is not None:
             self.bar.update(self.state.step, self.window.mean_loss, self.window.tokens_per_s)
         if self.state.step % self.cfg.log_every == 0:
-            figures = {"train_loss": self.window.mean_loss, "lr": lr, "tokens_per_s": self.window.tokens_per_s}
+            loss, batches, tokens = self.dist.sum([self.window.loss, self.window.batches, self.window.tokens])
+            tokens_per_s = tokens / self.window.seconds if self.window.seconds else 0.0  # all ranks side by side
+            figures = {"train_loss": loss / max(1.0, batches), "lr": lr, "tokens_per_s": tokens_per_s}
             self.callbacks.on_log(self, {"step": self.state.step, "epoch": epoch, **figures})
             self.window = Window()
 
-    def _backward(self, batch: dict[str, torch.Tensor], indices: list[int], scale: float) -> float:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
-        with autocast:
-            logits = self.fast.forward(batch, indices)
-        loss = self.model.task.loss(logits, batch)
-        (loss * scale).backward()
+    def _backward(self, batch: dict[str, torch.Tensor], indices: list[int], scale: float, sync: bool) -> float:
+        """Forward and backward one batch; under DDP the gradients are all-reduced only when ``sync`` (the last
+        batch of an accumulation group)."""
+        device = self.dist.device
+        if device.type != "cpu":
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
+        no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
+        with no_sync:
+            with autocast:
+                logits = self.ddp(batch, indices) if self.ddp is not None else self.fast.forward(batch, indices)
+            loss = self.model.task.loss(logits, batch)
+            (loss * scale).backward()
         return float(loss.detach())
 
     def _optimizer_step(self) -> None:
