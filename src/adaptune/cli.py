@@ -428,6 +428,7 @@ def serve(
     padding_free: Annotated[
         bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
     ] = True,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs the server
     extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
@@ -436,7 +437,7 @@ def serve(
 
     settings = ServerSettings(max_batch, max_wait_ms, max_input_tokens, max_body_bytes, api_key, padding_free)
     try:
-        run_server(str(base), adapters, host=host, port=port, settings=settings, threads=threads)
+        run_server(str(base), adapters, host=host, port=port, settings=settings, threads=threads, device=device)
     except (AdaptuneError, FileNotFoundError) as err:
         fail(err)
 

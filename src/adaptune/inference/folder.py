@@ -176,7 +176,7 @@ def _build_model(adapter: AdapterFile, template: Backbone) -> AdaptedModel:
     if written:  # e.g. BitFit trains the base's own biases: give this adapter private copies of them
         model = adapter_model(adapter, _copy(adapter, template, written), with_state=False)
     load_adapter_state(model, adapter)
-    return model
+    return model.to(next(template.model.parameters()).device)  # the adapter's own tensors to the base's device
 
 
 def _copy(adapter: AdapterFile, template: Backbone, private: frozenset[int]) -> Backbone:

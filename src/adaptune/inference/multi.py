@@ -39,7 +39,7 @@ from adaptune.backbone import BaseFingerprint, load_backbone
 from adaptune.config import ModelConfig
 from adaptune.errors import DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate_requests, prompt_tokens, stream
-from adaptune.inference import check_finite, run_model
+from adaptune.inference import check_finite, run_model, to_device
 from adaptune.inference.errors import (
     AdapterAlreadyLoaded,
     AdapterNotFound,
@@ -111,12 +111,17 @@ class MultiPredictor:
         max_input_tokens: int = 512,
         load_all: bool = True,
         padding_free: bool = True,
+        device: str = "auto",
     ) -> None:
+        from adaptune.training.distributed import resolve_device
+
+        self.device = resolve_device(device)
         self.base_name = base
         self.folder = Path(adapters_dir)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"adapters folder {self.folder} does not exist")
         self.backbone = load_backbone(ModelConfig(name_or_path=base))
+        self.backbone.model.to(self.device)  # before the copies below, which share its tensors
         self.fingerprint = BaseFingerprint(self.backbone.model)
         # hook-free module tree sharing the base tensors, what every adapter's own copy is made from; its own
         # tokenizer (methods may tokenise at attach) so that loading never races the requests' tokenisation
@@ -291,8 +296,9 @@ class MultiPredictor:
         tokenizer = self.backbone.tokenizer
         task = rows[positions[0]].entry.task
         batch = task.collate([rows[i].encoded for i in positions], int(tokenizer.pad_token_id), tokenizer.padding_side)
+        batch = to_device(batch, self.device)
         inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
-        select = torch.tensor([rows[i].entry.index for i in positions], dtype=torch.long)
+        select = torch.tensor([rows[i].entry.index for i in positions], dtype=torch.long, device=self.device)
         if self.backbone.is_decoder:  # as AdaptedModel.forward: left padding does not shift a row's positions
             inputs["position_ids"] = positions_from_mask(inputs["attention_mask"])
         if self.padding_free and worth_packing(inputs["attention_mask"]):
@@ -307,7 +313,7 @@ class MultiPredictor:
             by_entry.setdefault(rows[i].entry.index, []).append(local)
         for local_rows in by_entry.values():
             entry = rows[positions[local_rows[0]]].entry
-            index = torch.tensor(local_rows, dtype=torch.long)
+            index = torch.tensor(local_rows, dtype=torch.long, device=self.device)
             sub = {k: v[index] for k, v in batch.items()}
             mine = [positions[j] for j in local_rows]
             logits = entry.head(hidden[index], sub)

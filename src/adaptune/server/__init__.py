@@ -20,14 +20,21 @@ if TYPE_CHECKING:
     from adaptune.server.app import ServerSettings
 
 
-def build_app(base: str, adapters: str | Path, settings: ServerSettings | None = None) -> FastAPI:
-    """Load ``base`` once and every compatible adapter of ``adapters``; return the FastAPI app serving them."""
+def build_app(
+    base: str, adapters: str | Path, settings: ServerSettings | None = None, *, device: str = "auto"
+) -> FastAPI:
+    """Load ``base`` once (on ``device``: auto, cpu, cuda, cuda:N) and every compatible adapter of ``adapters``;
+    return the FastAPI app serving them."""
     from adaptune.inference.multi import MultiPredictor
     from adaptune.server.app import ServerSettings, create_app
 
     settings = settings or ServerSettings()
     predictor = MultiPredictor(
-        base, adapters, max_input_tokens=settings.max_input_tokens, padding_free=settings.padding_free
+        base,
+        adapters,
+        max_input_tokens=settings.max_input_tokens,
+        padding_free=settings.padding_free,
+        device=device,
     )
     return create_app(predictor, settings)
 
@@ -41,6 +48,7 @@ def serve(
     settings: ServerSettings | None = None,
     log_level: str = "info",
     threads: int | None = None,
+    device: str = "auto",
 ) -> None:
     """Build the app (:func:`build_app`) and run it on uvicorn until interrupted; ``threads`` sets torch's
     intra-op threads (a busy or small machine serves faster with fewer threads than cores)."""
@@ -50,7 +58,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
 
-    uvicorn.run(build_app(base, adapters, settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(build_app(base, adapters, settings, device=device), host=host, port=port, log_level=log_level)
 
 
 __all__ = ["build_app", "serve"]
