@@ -294,6 +294,7 @@ def _train_in(
     description = _describe(cfg, model, prep, headline)
     adapter_dir = dist.on_main(lambda: save_adapter(out_dir / "adapter", model.trainable_state(), description))
     results.update(_run_stats(model, fit.tokens_per_s, time.perf_counter() - started))
+    results["train_s"] = round(fit.train_seconds, 2)  # the optimiser steps' compute time (rank 0's)
     if dist.active:
         results["nproc"] = dist.world
     dist.on_main(lambda: write_run_summary(out_dir, cfg, results, trainer))

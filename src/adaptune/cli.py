@@ -77,11 +77,11 @@ def train(
     from adaptune.config import load_config
     from adaptune.training.distributed import launched_world_size
 
-    if nproc is not None and nproc > 1 and launched_world_size() == 1:
-        raise typer.Exit(_torchrun(nproc, sys.argv[1:]))
     try:
         overrides = [*(set_ or []), *([f"training.device={device}"] if device else [])]
         cfg = load_config(_config_path(config), overrides)
+        if nproc is not None and nproc > 1 and launched_world_size() == 1:  # a bad config fails here, once
+            raise typer.Exit(_torchrun(nproc, sys.argv[1:]))
         result = run_train(cfg, resume=resume, overwrite=overwrite)
     except AdaptuneError as err:
         fail(err)

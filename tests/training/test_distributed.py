@@ -209,3 +209,21 @@ def test_bf16_and_padding_free_work_on_two_processes(setup: Path) -> None:
     a, b = _weights(setup / "bf16_one"), _weights(setup / "bf16_two")
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=2e-2, rtol=5e-2, msg=key)
+
+
+def test_the_activation_cache_in_memory_works_on_two_processes(setup: Path) -> None:
+    """Method ``head`` with the frozen backbone's outputs cached in memory (each rank caches the examples it
+    meets) trains on 2 processes to the 1-process adapter; a bad config is refused once, before torchrun."""
+    config = str(setup / "run.yaml")
+    switches = ["--set", "method={name: head}", "--set", "training.activation_cache=memory"]
+    switches += ["--set", "training.frozen_prefix_no_grad=true", "--set", "training.epochs=3"]
+    accumulate = ["--set", "training.grad_accum_steps=2"]
+    one = _adaptune("train", config, "--set", f"training.output_dir={setup / 'cache_one'}", *accumulate, *switches)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _adaptune("train", config, "--nproc", "2", "--set", f"training.output_dir={setup / 'cache_two'}", *switches)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(setup / "cache_one"), _weights(setup / "cache_two")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+    bad = _adaptune("train", config, "--nproc", "2", "--set", "training.epochs=-1")
+    assert bad.returncode != 0 and "training.epochs" in bad.stderr and "torch.distributed" not in bad.stderr
