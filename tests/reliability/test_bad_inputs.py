@@ -93,50 +93,15 @@ from adaptune import Predictor, load_config, train
 from adaptune.api import TrainResult
 from adaptune.backbone import load_backbone
 from adaptune.cli import app
-from adaptune.config import DataConfig, ModelConfig, RunConfig, validate_config
+from adaptune.config import DataConfig, ModelConfig, validate_config
 from adaptune.data.readers import read_text_examples, read_token_examples
-from adaptune.errors import AdapterFileError, ConfigError, DataError
+from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.io import CONFIG_FILE, reseal
 from adaptune.registry import build_task
+from bad_input_kit import cli_error, data_error, write
+from bad_input_kit import short_config as config
 
 runner = CliRunner()
-
-
-def write(folder: Path, name: str, content: str | bytes) -> Path:
-    path = folder / name
-    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return path
-
-
-def config(model: Path, out: Path, *overrides: str) -> RunConfig:
-    """A short training config on ``model``; data and task come from ``overrides``."""
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model}",
-            "method.name=bottleneck",
-            "method.reduction_factor=4",
-            "data.batch_size=8",
-            "training.max_steps=2",
-            "training.progress=false",
-            f"training.output_dir={out}",
-            *overrides,
-        ],
-    )
-
-
-def data_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> DataError:
-    with pytest.raises(DataError) as info:
-        call(*args, **kwargs)
-    return info.value
-
-
-def cli_error(args: list[str], **kwargs: Any) -> str:
-    """Run the CLI, which must exit with 2 and a message, not a traceback; return its output on one line."""
-    result = runner.invoke(app, args, **kwargs)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and "error:" in result.output
-    return result.output.replace("\n", "")
 
 
 def yaml_config(folder: Path, model: Path, train_file: Path, task: str = "seq_cls") -> Path:

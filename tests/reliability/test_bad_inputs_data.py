@@ -36,10 +36,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from adaptune import Predictor, load_config, train
+from adaptune import Predictor, train
 from adaptune.api import TrainResult
 from adaptune.cli import app
-from adaptune.config import DataConfig, RunConfig, validate_config
+from adaptune.config import DataConfig, validate_config
 from adaptune.data.chat import chat_from_row
 from adaptune.data.formats.jsonfile import read_jsonl_rows
 from adaptune.data.readers import read_text_examples, read_token_examples
@@ -47,50 +47,12 @@ from adaptune.errors import DataError
 from adaptune.evaluation.tagging import detect_scheme
 from adaptune.io import CONFIG_FILE, reseal
 from adaptune.registry import build_task
+from bad_input_kit import cli_error, data_error, jsonl, write
+from bad_input_kit import short_config as run_config
 
 runner = CliRunner()
 SURROGATE = "\\ud800"  # the six characters of a JSON escape: json.loads gives a lone surrogate
 INTENTS = [("where is my parcel", "order"), ("I want my money back", "refund"), ("hello there", "greeting")]
-
-
-def write(folder: Path, name: str, content: str | bytes) -> Path:
-    path = folder / name
-    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return path
-
-
-def jsonl(folder: Path, name: str, rows: list[dict[str, Any]]) -> Path:
-    return write(folder, name, "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def run_config(model: Path, out: Path, *overrides: str) -> RunConfig:
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model}",
-            "method.name=bottleneck",
-            "method.reduction_factor=4",
-            "data.batch_size=8",
-            "training.max_steps=2",
-            "training.progress=false",
-            f"training.output_dir={out}",
-            *overrides,
-        ],
-    )
-
-
-def data_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> DataError:
-    with pytest.raises(DataError) as info:
-        call(*args, **kwargs)
-    return info.value
-
-
-def cli_error(args: list[str], **kwargs: Any) -> str:
-    """Run the CLI, which must exit with 2 and a message, not a traceback; return its output on one line."""
-    result = runner.invoke(app, args, **kwargs)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and "error:" in result.output
-    return result.output.replace("\n", "")
 
 
 def located(error: DataError) -> tuple[str | None, int | None, str | None]:
