@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from adaptune.cli_combine import combine
 from adaptune.cli_common import err_console, fail, input_name, read_inputs
 from adaptune.cli_generate import chat, generate
 from adaptune.errors import AdaptuneError, DataError
@@ -194,6 +195,7 @@ def predict(
 # generate and chat live in adaptune.cli_generate; listed here, after predict, in the help's order
 app.command()(generate)
 app.command()(chat)
+app.command()(combine)  # adaptune.cli_combine: several LoRA adapters into one
 
 
 @app.command()
