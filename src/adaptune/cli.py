@@ -262,18 +262,43 @@ def merge(
 @app.command()
 def export(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder (lora, ia3, prefix or prompt).")],
-    out: Annotated[Path, typer.Argument(help="Folder for the exported adapter.")],
-    format_: Annotated[str, typer.Option("--format", help="Output format: peft.")] = "peft",
+    out: Annotated[Path, typer.Argument(help="Folder for the exported adapter (a .gguf file for gguf).")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Output format: peft, onnx (encoder seq_cls/token_cls: one graph) or gguf (causal_lm LoRA for "
+            "llama.cpp).",
+        ),
+    ] = "peft",
     base: Annotated[str | None, typer.Option(help="Base model folder, if not where the adapter says.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder or file.")] = False,
 ) -> None:
-    """Write the adapter in another library's format: peft's adapter_config.json + adapter_model.safetensors."""
+    """Write the adapter in another library's format: peft's adapter_config.json + adapter_model.safetensors;
+    or, with --format onnx, base + adapter + head as one ONNX graph with its tokenizer (checked with onnxruntime);
+    or, with --format gguf, a causal_lm LoRA as one GGUF file for llama.cpp (--lora) and Ollama (ADAPTER)."""
     from adaptune.errors import ConfigError
     from adaptune.peft_interop import export_peft
 
+    if format_ == "onnx":
+        _export_onnx(adapter, out, base=base, overwrite=overwrite)
+        return
+    if format_ == "gguf":
+        from adaptune.export_gguf import export_gguf
+
+        try:
+            path = export_gguf(adapter, out, base=base, overwrite=overwrite)
+        except AdaptuneError as err:
+            fail(err)
+            return
+        typer.echo(f"gguf LoRA adapter: {path} (llama-cli -m BASE.gguf --lora {path}; Ollama: ADAPTER {path})")
+        return
     try:
         if format_ != "peft":
-            raise ConfigError(f"--format {format_!r}: the only export format is 'peft' (adaptune merge writes a model)")
+            raise ConfigError(
+                f"--format {format_!r}: the export formats are 'peft', 'onnx' and 'gguf' "
+                "(adaptune merge writes a model)"
+            )
         result = export_peft(adapter, out, base=base, overwrite=overwrite)
     except AdaptuneError as err:
         fail(err)
@@ -281,6 +306,24 @@ def export(
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"peft adapter: {result.path} (PeftModel.from_pretrained; how to load it: load_with in adaptune.json)")
+
+
+def _export_onnx(adapter: Path, out: Path, *, base: str | None, overwrite: bool) -> None:
+    """``adaptune export --format onnx``: :func:`adaptune.export_onnx.export_onnx`, then what its check found."""
+    from adaptune.export_onnx import ONNX_CONFIG, ONNX_FILE, export_onnx
+
+    try:
+        result = export_onnx(adapter, out, base=base, overwrite=overwrite)
+    except AdaptuneError as err:
+        fail(err)
+        return
+    check = result.check
+    how = "method merged into the weights" if result.merged else "method modules kept in the graph"
+    typer.echo(
+        f"checked with {check['runtime']} ({check['provider']}): max abs logit difference from adaptune "
+        f"{result.max_abs_diff:.2g} on {check['inputs']} inputs, batch sizes {check['batch_sizes']}"
+    )
+    typer.echo(f"onnx model: {result.path / ONNX_FILE} ({how}; tokenizer and {ONNX_CONFIG} beside it)")
 
 
 @app.command("import")

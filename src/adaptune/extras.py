@@ -1,8 +1,8 @@
 """Optional parts of adaptune and the pyproject extra that installs each, for one-line "install this" errors.
 
-A plain install (``scripts/setup.sh``) has the ``hf`` extra but not ``server`` or ``gguf``; a command that reaches
-a missing optional module fails with :class:`MissingExtraError` naming the extra and the command that installs it,
-instead of a ``ModuleNotFoundError`` traceback.
+A plain install (``scripts/setup.sh``) has the ``hf`` extra but not ``server``, ``gguf`` or ``onnx``; a command that
+reaches a missing optional module fails with :class:`MissingExtraError` naming the extra and the command that
+installs it, instead of a ``ModuleNotFoundError`` traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ EXTRAS: dict[str, str] = {
     "uvicorn": "server",
     "gguf": "gguf",
     "datasets": "hf",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
 }
 #: Extra -> the setup script call that installs it along with the rest.
 SETUP_FLAGS: dict[str, str] = {
     "server": "scripts/setup.sh --test",
     "gguf": "scripts/setup.sh --test",
+    "onnx": "scripts/setup.sh --test",
     "hf": "scripts/setup.sh",
 }
 #: Libraries (transformers' GGUF loader) raise a bare ImportError whose message names the package.

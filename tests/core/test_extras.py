@@ -74,7 +74,7 @@ def test_transformers_gguf_import_error_names_the_extra() -> None:
 def test_other_import_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     assert missing_module(ModuleNotFoundError("No module named 'nope'", name="nope")) is None
     assert missing_module(ModuleNotFoundError("...", name="fastapi.responses")) == "fastapi"
-    assert set(EXTRAS.values()) <= {"server", "gguf", "hf"}
+    assert set(EXTRAS.values()) <= {"server", "gguf", "hf", "onnx"}
 
     def broken() -> None:
         raise ModuleNotFoundError("No module named 'nope'", name="nope")

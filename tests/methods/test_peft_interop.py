@@ -298,7 +298,7 @@ def test_cli_export_and_import(tiny_bert: Path, tmp_path: Path) -> None:
     done = runner.invoke(app, ["import", str(tmp_path / "peft"), str(tmp_path / "back"), "--base", str(tiny_bert)])
     assert done.exit_code == 0, done.output
     assert Predictor.load(tmp_path / "back").labels == TAGS
-    wrong = runner.invoke(app, ["export", str(adapter), str(tmp_path / "x"), "--format", "onnx"])
-    assert wrong.exit_code == 2 and "only export format is 'peft'" in wrong.output
+    wrong = runner.invoke(app, ["export", str(adapter), str(tmp_path / "x"), "--format", "tflite"])
+    assert wrong.exit_code == 2 and "--format 'tflite': the export formats are 'peft'" in wrong.output
     missing = runner.invoke(app, ["import", str(tmp_path / "nothing"), str(tmp_path / "y"), "--task", "token_cls"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
