@@ -21,7 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 #: Both READMEs carry the generated tables between the same markers (tests/test_readme_zh.py keeps them in step).
 READMES = (README, ROOT / "README.zh-CN.md")
-KEY = ("task", "dataset", "split", "model", "method", "metric")
+KEY = ("task", "dataset", "split", "model", "method", "metric", "combine")
 #: The model of the method x dataset table (other models' records are listed in the records table only).
 TABLE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -102,9 +102,9 @@ def one_line(text: str, limit: int = 300) -> str:
 def upsert(records: list[dict]) -> None:
     path = RESULTS / "quality.json"
     existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    keys = {tuple(r[k] for k in KEY) for r in records}
-    merged = [r for r in existing if tuple(r[k] for k in KEY) not in keys] + records
-    merged.sort(key=lambda r: tuple(str(r[k]) for k in KEY))
+    keys = {tuple(r.get(k) for k in KEY) for r in records}
+    merged = [r for r in existing if tuple(r.get(k) for k in KEY) not in keys] + records
+    merged.sort(key=lambda r: tuple(str(r.get(k, "")) for k in KEY))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_tables(merged)
@@ -112,7 +112,7 @@ def upsert(records: list[dict]) -> None:
 
 def method_table(records: list[dict]) -> list[str]:
     """Methods as rows, datasets as columns: the headline figure with the trainable parameter count (MiniLM)."""
-    records = [r for r in records if r["model"] == TABLE_MODEL]
+    records = [r for r in records if r["model"] == TABLE_MODEL and "combine" not in r]  # one trained adapter each
     datasets = sorted({r["dataset"] for r in records})
     methods = sorted({r["method"] for r in records}, key=lambda m: (m != "head", m))
     cells = {(r["method"], r["dataset"]): r for r in records}
@@ -149,12 +149,17 @@ def records_table(records: list[dict]) -> list[str]:
         "|---|---|---|---|---|--:|--:|--:|--:|--:|---|",
     ]
     lines += [
-        f"| {r['task']} | {r['dataset']} ({r['split']}) | {r['model'].rsplit('/', 1)[-1]} | {r['method']} | "
+        f"| {r['task']} | {r['dataset']} ({r['split']}) | {r['model'].rsplit('/', 1)[-1]} | {method_cell(r)} | "
         f"{r['metric']} | {value_cell(r)} | {r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | "
         f"{r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} | `{r['command']}` |"
         for r in records
     ]
     return lines
+
+
+def method_cell(record: dict) -> str:
+    """The method, with the merge of ``adaptune combine`` (or ``alone:<dataset>``, an input) when there is one."""
+    return f"{record['method']} ({record['combine']})" if "combine" in record else record["method"]
 
 
 def value_cell(record: dict) -> str:
