@@ -36,6 +36,8 @@ factors ``B = [diag(w_i g_i / κ) s_i B_i]`` and magnitude ``m = κ ||W0 + B A||
 (exact) and ``svd`` (truncating ``Σ diag(w_i g_i / κ) L_i``) are defined when any input is DoRA, and write a DoRA
 adapter; ``ties`` and ``dare_*``, entrywise on deltas that DoRA's magnitude makes full rank, are refused.
 
+The merges themselves, on plain tensors, are in :mod:`adaptune.merging`.
+
 Heads are averaged (weights ``w_i / Σ w``) only when every input has the same labels in the same order, the same
 task config and positive weights; otherwise the first input's head is kept, and the note saying so is recorded.
 """
@@ -55,6 +57,13 @@ from adaptune.config import ModelConfig
 from adaptune.errors import ConfigError
 from adaptune.inference import adapter_model
 from adaptune.io import AdapterFile, check_base, describe, load_adapter, save_adapter
+from adaptune.merging import (
+    Factors,
+    dare_linear,
+    dare_ties,
+    svd_factors,
+    ties,
+)
 from adaptune.methods.linear import weight_out_in
 from adaptune.methods.lora import LoRAConfig, row_norm
 from adaptune.peft_interop.common import check_out, write_folder
@@ -66,99 +75,6 @@ CONCAT = ("linear", "negation")
 SPARSE = ("ties", "dare_linear", "dare_ties")
 DEFAULT_DENSITY = 0.5
 LORA_A, LORA_B, MAGNITUDE = ".lora.lora_a.weight", ".lora.lora_b.weight", ".lora.magnitude"
-#: n deltas of one shape ``(out, in)``.
-Deltas = Sequence[torch.Tensor]
-
-
-# --- merges of full deltas: each takes n deltas of one shape (out, in) and gives one (out, in) ---------------------
-
-
-def task_arithmetic(deltas: Deltas, weights: Sequence[float]) -> torch.Tensor:
-    """``Σ_i w_i ΔW_i`` (Ilharco et al. 2023)."""
-    return sum((w * d for w, d in zip(weights, deltas, strict=True)), torch.zeros_like(deltas[0]))
-
-
-def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES' trim: keep the ``int(density * numel)`` entries of largest magnitude, zero the others (as peft's
-    ``magnitude_based_pruning``); same shape as ``delta``."""
-    flat = delta.reshape(-1)
-    kept = torch.zeros_like(flat)
-    k = int(density * flat.numel())
-    if k > 0:
-        top = flat.abs().topk(k).indices
-        kept[top] = flat[top]
-    return kept.view_as(delta)
-
-
-def elect_sign(stacked: torch.Tensor) -> torch.Tensor:
-    """TIES' sign election: ``(n, ...) -> (...)``, each entry ``+1`` where the sum over the ``n`` inputs is
-    ``>= 0``, else ``-1`` (peft's ``total`` method)."""
-    return torch.where(stacked.sum(dim=0) >= 0, 1.0, -1.0).to(stacked.dtype)
-
-
-def disjoint_mean(weighted: torch.Tensor, stacked: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """TIES' disjoint merge: per entry, the mean of ``weighted`` ``(n, ...)`` over the inputs whose value in
-    ``stacked`` ``(n, ...)`` has the elected ``sign`` ``(...)``; 0 where none has (zeros agree with no sign)."""
-    agree = stacked.sign() == sign
-    return (weighted * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
-
-
-def _weights_like(weights: Sequence[float], stacked: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(list(weights), dtype=stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))
-
-
-def ties(deltas: Deltas, weights: Sequence[float], density: float) -> torch.Tensor:
-    """TIES-merging (Yadav et al. 2023): trim each delta, elect signs on the trimmed deltas, disjoint mean of the
-    weighted trimmed deltas."""
-    trimmed = torch.stack([trim(d, density) for d in deltas])
-    return disjoint_mean(trimmed * _weights_like(weights, trimmed), trimmed, elect_sign(trimmed))
-
-
-def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE (Yu et al. 2024): keep each entry where ``torch.rand(shape, generator) < density`` and rescale it by
-    ``1 / density`` (so the expectation is ``delta``), zero the others; same shape as ``delta``."""
-    keep = torch.rand(delta.shape, generator=generator) < density
-    return torch.where(keep, delta / density, torch.zeros_like(delta))
-
-
-def dare_linear(deltas: Deltas, weights: Sequence[float], density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE on each delta, then the weighted sum."""
-    return task_arithmetic([dare_drop(d, density, generator) for d in deltas], weights)
-
-
-def dare_ties(deltas: Deltas, weights: Sequence[float], density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE on each delta, then TIES' sign election and disjoint mean (in place of TIES' trim)."""
-    dropped = torch.stack([dare_drop(d, density, generator) for d in deltas])
-    return disjoint_mean(dropped * _weights_like(weights, dropped), dropped, elect_sign(dropped))
-
-
-# --- low-rank factors ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Factors:
-    """A written update ``B A`` with scaling 1: ``a`` ``(r, in)``, ``b`` ``(out, r)``; DoRA: ``magnitude``
-    ``(out,)``. ``error``: relative Frobenius error of the refactoring (0 when exact)."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    magnitude: torch.Tensor | None = None
-    error: float = 0.0
-
-
-def svd_factors(delta: torch.Tensor, rank: int) -> Factors:
-    """Truncated SVD ``ΔW (out, in) ≈ U_r S_r V_r^T`` as ``B = U_r S_r^(1/2)`` ``(out, r)`` and
-    ``A = S_r^(1/2) V_r^T`` ``(r, in)``, zero-padded to ``rank`` beyond ``min(out, in)``. The best rank-``r``
-    approximation (Eckart-Young); ``error = sqrt(Σ_{k>r} σ_k²) / sqrt(Σ_k σ_k²)``."""
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    k = min(rank, s.numel())
-    root = s[:k].sqrt()
-    a = delta.new_zeros(rank, delta.shape[1])
-    b = delta.new_zeros(delta.shape[0], rank)
-    a[:k] = root[:, None] * vh[:k]
-    b[:, :k] = u[:, :k] * root
-    total = float(s.square().sum())
-    return Factors(a, b, error=math.sqrt(float(s[k:].square().sum()) / total) if total > 0 else 0.0)
 
 
 @dataclass(frozen=True)

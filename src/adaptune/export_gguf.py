@@ -55,8 +55,6 @@ converts from it must be that model). ``read_gguf_lora(path)`` reads a file back
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,9 +65,9 @@ import torch
 from adaptune import __version__
 from adaptune.backbone import resolve_model
 from adaptune.combine import lora_parts
-from adaptune.errors import AdapterFileError, ConfigError, OutputError, os_error_message
+from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.extras import as_missing_extra
-from adaptune.io import AdapterFile, load_adapter, read_adapter_config
+from adaptune.io import AdapterFile, atomic_file, load_adapter, read_adapter_config
 from adaptune.methods.lora import LoRAConfig
 
 if TYPE_CHECKING:
@@ -333,15 +331,10 @@ def _metadata(adapter: AdapterFile, lora: LoRAConfig, alpha: float, out: Path) -
 
 
 def _write(out: Path, arch: str, metadata: dict[str, tuple[str, Any]], tensors: dict[str, np.ndarray]) -> None:
-    """Write the GGUF file to a temporary file beside ``out``, fsync it and rename it into place."""
+    """Write the GGUF file atomically (:func:`~adaptune.io.atomic_file`: a temporary file beside ``out``,
+    fsynced and renamed into place)."""
     gguf = _gguf()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as err:
-        raise OutputError(os_error_message(err, "write", out)) from None
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         for key, (kind, value) in metadata.items():
             getattr(writer, f"add_{kind}")(key, value)
@@ -351,16 +344,6 @@ def _write(out: Path, arch: str, metadata: dict[str, tuple[str, Any]], tensors: 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(os_error_message(err, "write", out)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_gguf_lora(path: str | Path) -> GgufLoRA:

@@ -47,9 +47,6 @@ read each word's tag at its first sub-token (``enc.word_ids``), as adaptune does
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +66,7 @@ from adaptune.inference import Predictor, model_from_adapter
 from adaptune.io import atomic_write_json, load_adapter
 from adaptune.methods.base import Mergeable, changes_inputs
 from adaptune.model import BACKBONE_INPUTS, AdaptedModel
+from adaptune.peft_interop.common import check_out, write_folder
 from adaptune.registry import method_names, method_registration, methods_with, task_names, task_registration
 
 ONNX_FILE = "model.onnx"
@@ -109,9 +107,7 @@ def export_onnx(
     and renamed into place; an existing non-empty ``out_dir`` is an error unless ``overwrite``.
     """
     onnx, ort = _runtime()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} exists and is not empty; pass overwrite=True (--overwrite)")
+    out = check_out(out_dir, overwrite)
     adapter = load_adapter(adapter_dir)
     model = model_from_adapter(adapter, base=base).eval()
     check_exportable(model)
@@ -126,13 +122,13 @@ def export_onnx(
     merged = isinstance(model.method, Mergeable)
     if merged:
         merge_and_unload(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    check: dict[str, Any] = {}
+
+    def write(staging: Path) -> None:
         per_token = reference[0].ndim == 2
         trace_to_onnx(model, {n: batch[n] for n in names}, staging / ONNX_FILE, per_token=per_token)
         onnx.checker.check_model(str(staging / ONNX_FILE))
-        check = check_graph(ort, staging / ONNX_FILE, {n: batch[n].numpy() for n in names}, reference)
+        check.update(check_graph(ort, staging / ONNX_FILE, {n: batch[n].numpy() for n in names}, reference))
         check["tolerance"] = tolerance
         if not check["max_abs_diff"] <= tolerance:
             raise OnnxCheckError(
@@ -141,12 +137,8 @@ def export_onnx(
             )
         predictor.tokenizer.save_pretrained(staging)
         atomic_write_json(staging / ONNX_CONFIG, onnx_config(predictor, names, merged=merged, check=check))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_folder(out, write)  # staged beside out and renamed into place: never a half-written export
     return OnnxExport(out, merged, check["max_abs_diff"], check)
 
 

@@ -17,7 +17,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,31 +46,41 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the ``with`` block to write; afterwards it is fsynced, made readable
+    (0644) and renamed onto ``path``, so readers see the old file or the new one, never a part. For writers that
+    need a path of their own (the GGUF writer); bytes in memory go through :func:`atomic_write_bytes`.
 
     An OS error (disk full, read-only folder, a file where a folder should be) is an :class:`OutputError` naming
     ``path``, and leaves no temporary file behind."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as err:
         raise OutputError(os_error_message(err, "write", path)) from None
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapters and reports are meant to be shared
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(os_error_message(err, "write", path)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -21,21 +21,10 @@ from typer.testing import CliRunner
 
 from adaptune import Predictor, load_config, train
 from adaptune.cli import app
-from adaptune.combine import (
-    LoRAPart,
-    Plan,
-    combine_linear,
-    dare_drop,
-    dare_linear,
-    dare_ties,
-    disjoint_mean,
-    elect_sign,
-    svd_factors,
-    ties,
-    trim,
-)
+from adaptune.combine import LoRAPart, Plan, combine_linear
 from adaptune.errors import ConfigError
 from adaptune.io import load_adapter
+from adaptune.merging import dare_drop, dare_linear, dare_ties, disjoint_mean, elect_sign, svd_factors, ties, trim
 
 runner = CliRunner()
 TEXTS = ["where is my parcel", "refund me please now", "has my order shipped yet"]

@@ -73,32 +73,40 @@ def _records(run: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def test_two_processes_train_the_adapter_one_process_trains(setup: Path) -> None:
+def _one_and_two(setup: Path, name: str, *switches: str, atol: float = 1e-5, rtol: float = 1e-4) -> str:
+    """Train ``setup/<name>_one`` on 1 process accumulating 2 batches and ``setup/<name>_two`` on 2 processes,
+    with the same ``--set`` switches; assert the two adapters agree to ``atol``/``rtol``. The 2-process stdout."""
     config = str(setup / "run.yaml")
     accumulate = ["--set", "training.grad_accum_steps=2"]
-    one = _adaptune("train", config, "--set", f"training.output_dir={setup / 'one'}", *accumulate)
+    one = _adaptune("train", config, "--set", f"training.output_dir={setup / f'{name}_one'}", *accumulate, *switches)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _adaptune("train", config, "--nproc", "2", "--set", f"training.output_dir={setup / 'two'}")
+    out = f"training.output_dir={setup / f'{name}_two'}"
+    two = _adaptune("train", config, "--nproc", "2", "--set", out, *switches)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("| adapter:") == 1  # rank 0 reports, once
-
-    a, b = _weights(setup / "one"), _weights(setup / "two")
+    a, b = _weights(setup / f"{name}_one"), _weights(setup / f"{name}_two")
     assert a.keys() == b.keys() and a
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(b[key], a[key], atol=atol, rtol=rtol, msg=key)
+    return two.stdout
+
+
+def test_two_processes_train_the_adapter_one_process_trains(setup: Path) -> None:
+    stdout = _one_and_two(setup, "plain")
+    assert stdout.count("| adapter:") == 1  # rank 0 reports, once
+    one, two = setup / "plain_one", setup / "plain_two"
     # rank 0 alone writes: one metrics log with one record per step and evaluation, the same losses as one process
-    ones, twos = _records(setup / "one"), _records(setup / "two")
+    ones, twos = _records(one), _records(two)
     assert [r["step"] for r in twos] == [r["step"] for r in ones]
     for r1, r2 in zip(ones, twos, strict=True):
         for key in ("train_loss", "eval_accuracy", "eval_loss"):
             if key in r1:
                 assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (r1, r2)
-    results = json.loads((setup / "two" / "results.json").read_text(encoding="utf-8"))
-    single = json.loads((setup / "one" / "results.json").read_text(encoding="utf-8"))
+    results = json.loads((two / "results.json").read_text(encoding="utf-8"))
+    single = json.loads((one / "results.json").read_text(encoding="utf-8"))
     assert results["nproc"] == 2 and "nproc" not in single
     assert results["splits"]["dev"]["headline"]["accuracy"] == single["splits"]["dev"]["headline"]["accuracy"]
-    assert sorted(p.name for p in (setup / "two" / "checkpoints").iterdir()) == sorted(
-        p.name for p in (setup / "one" / "checkpoints").iterdir()
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(
+        p.name for p in (one / "checkpoints").iterdir()
     )
 
 
@@ -197,33 +205,17 @@ def test_a_device_that_is_not_there_is_a_one_line_error(setup: Path) -> None:
 def test_bf16_and_padding_free_work_on_two_processes(setup: Path) -> None:
     """The speed switches that change how the frozen base runs (bf16 autocast, a bf16 base, padding-free
     batches) run under DDP as in one process: the same adapter to bf16 tolerance."""
-    config = str(setup / "run.yaml")
     switches = []
     for key in ("bf16", "bf16_base", "padding_free"):
         switches += ["--set", f"training.{key}=true"]
-    accumulate = ["--set", "training.grad_accum_steps=2"]
-    one = _adaptune("train", config, "--set", f"training.output_dir={setup / 'bf16_one'}", *accumulate, *switches)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _adaptune("train", config, "--nproc", "2", "--set", f"training.output_dir={setup / 'bf16_two'}", *switches)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _weights(setup / "bf16_one"), _weights(setup / "bf16_two")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=2e-2, rtol=5e-2, msg=key)
+    _one_and_two(setup, "bf16", *switches, atol=2e-2, rtol=5e-2)
 
 
 def test_the_activation_cache_in_memory_works_on_two_processes(setup: Path) -> None:
     """Method ``head`` with the frozen backbone's outputs cached in memory (each rank caches the examples it
     meets) trains on 2 processes to the 1-process adapter; a bad config is refused once, before torchrun."""
-    config = str(setup / "run.yaml")
     switches = ["--set", "method={name: head}", "--set", "training.activation_cache=memory"]
     switches += ["--set", "training.frozen_prefix_no_grad=true", "--set", "training.epochs=3"]
-    accumulate = ["--set", "training.grad_accum_steps=2"]
-    one = _adaptune("train", config, "--set", f"training.output_dir={setup / 'cache_one'}", *accumulate, *switches)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _adaptune("train", config, "--nproc", "2", "--set", f"training.output_dir={setup / 'cache_two'}", *switches)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _weights(setup / "cache_one"), _weights(setup / "cache_two")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
-    bad = _adaptune("train", config, "--nproc", "2", "--set", "training.epochs=-1")
+    _one_and_two(setup, "cache", *switches)
+    bad = _adaptune("train", str(setup / "run.yaml"), "--nproc", "2", "--set", "training.epochs=-1")
     assert bad.returncode != 0 and "training.epochs" in bad.stderr and "torch.distributed" not in bad.stderr

@@ -72,7 +72,7 @@ from adaptune.methods.base import AttachContext, Method
 from adaptune.methods.bottleneck import BottleneckAdapter
 from adaptune.methods.linear import bias_of, weight_out_in
 from adaptune.methods.lora import LoRA
-from adaptune.methods.stack import MemberSource, StackMember, load_member, method_config
+from adaptune.methods.stack import MemberSource, StackMember, load_member, method_config, method_from_adapter
 from adaptune.registry import build_method, register_method
 from adaptune.targets import transformer_blocks
 
@@ -140,12 +140,7 @@ class FusionMember(StrictModel):
             raise ConfigError(
                 f"fusion member '{data.get('name')}' has no 'adapter' folder: a fusion weighs trained adapters"
             )
-        if data.get("method") is None and data.get("adapter"):
-            try:
-                data = {**data, "method": read_adapter_config(data["adapter"])["method"]}
-            except AdapterFileError as err:
-                raise ConfigError(f"config key 'method.members.adapter' = {data['adapter']!r}: {err}") from None
-        return data
+        return method_from_adapter(data)
 
     @field_validator("method", mode="before")
     @classmethod

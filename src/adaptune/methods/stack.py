@@ -73,6 +73,17 @@ def method_config(value: Any, where: str) -> MethodConfig:
         raise ConfigError(_describe_validation(err, prefix=where, model=config_cls)) from None
 
 
+def method_from_adapter(data: Any) -> Any:
+    """A member's raw config with its ``method`` read from its ``adapter`` folder when it gives none (stack and
+    fusion members); a :class:`ConfigError` naming ``method.members.adapter`` when that folder cannot be read."""
+    if isinstance(data, dict) and data.get("method") is None and data.get("adapter"):
+        try:
+            data = {**data, "method": read_adapter_config(data["adapter"])["method"]}
+        except AdapterFileError as err:
+            raise ConfigError(f"config key 'method.members.adapter' = {data['adapter']!r}: {err}") from None
+    return data
+
+
 class StackMember(StrictModel):
     """One adapter of a stack."""
 
@@ -97,12 +108,7 @@ class StackMember(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _method_from_adapter(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("method") is None and data.get("adapter"):
-            try:
-                data = {**data, "method": read_adapter_config(data["adapter"])["method"]}
-            except AdapterFileError as err:
-                raise ConfigError(f"config key 'method.members.adapter' = {data['adapter']!r}: {err}") from None
-        return data
+        return method_from_adapter(data)
 
     @field_validator("method", mode="before")
     @classmethod

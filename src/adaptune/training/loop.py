@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from adaptune.config import NOT_IN_FINGERPRINT, RunConfig, flatten
 from adaptune.data.batching import train_batches
 from adaptune.errors import ConfigError
+from adaptune.inference import to_device
 from adaptune.methods.base import ParamGroup, ParamGroups
 from adaptune.model import AdaptedModel
 from adaptune.registry import methods_with
@@ -355,8 +356,7 @@ class Trainer:
         """Forward and backward one batch; under DDP the gradients are all-reduced only when ``sync`` (the last
         batch of an accumulation group)."""
         device = self.dist.device
-        if device.type != "cpu":
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = to_device(batch, device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()
         with no_sync:
