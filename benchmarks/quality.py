@@ -48,7 +48,7 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
             "split": split,
             "model": cfg.model.name_or_path,
             "method": cfg.method.name,
-            "metric": "entity_f1" if m == "f1" else m,
+            "metric": "entity_f1" if m == "f1" and cfg.task.name == "token_cls" else m,
             "value": round(headline[m], 4),
             "trainable_params": result.trainable_params,
             "train_tokens_per_s": result.results["train_tokens_per_s"],
@@ -64,7 +64,11 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
 
 
 #: Further dev/test figures recorded per task, besides the headline metric.
-EXTRA_METRICS = {"causal_lm": ("perplexity", "rouge_l", "chrf")}
+EXTRA_METRICS = {
+    "causal_lm": ("perplexity", "rouge_l", "chrf"),
+    "relation_cls": ("accuracy",),
+    "extractive_qa": ("exact_match",),
+}
 #: Before/after generations shown in the README.
 SAMPLES = 5
 

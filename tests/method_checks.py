@@ -4,6 +4,7 @@ keeping the in-memory model (``TrainResult.model``), and compare with peft's imp
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,14 @@ def assert_only_owned_changed(run: Run, base_dir: Path) -> dict[str, nn.Paramete
     return owned
 
 
-def assert_round_trip(run: Run) -> None:
-    """Saved then loaded onto a fresh base: exactly the trained model's logits; the file holds the method's
-    tensors (the trained ones and any frozen ones it keeps, as a stack does)."""
+def assert_round_trip(run: Run, inputs: Sequence[Any] = TEXTS) -> None:
+    """Saved then loaded onto a fresh base: exactly the trained model's logits on ``inputs``; the file holds the
+    method's tensors (the trained ones and any frozen ones it keeps, as a stack does)."""
     adapter = load_adapter(run.result.adapter_dir)
     saved = {k[len("adapter.") :] for k in adapter.tensors if k.startswith("adapter.")}
     assert saved == set(run.model.stored_parameters())
-    trained = Predictor(run.model, adapter.config).logits(TEXTS)
-    loaded = Predictor.load(run.result.adapter_dir).logits(TEXTS)
+    trained = Predictor(run.model, adapter.config).logits(inputs)
+    loaded = Predictor.load(run.result.adapter_dir).logits(inputs)
     assert all(torch.equal(a, b) for a, b in zip(trained, loaded, strict=True))
 
 

@@ -285,6 +285,8 @@ def _train_in(
         result, predictions = evaluate_split(model, split, cfg, dist)
         extra = dist.on_main(lambda s=split: model.task.extra_evaluation(model, s.examples, out_dir, s.name))
         result.headline.update(extra)
+        if extra:  # generation metrics: in the split's report tables (eval_<split>.txt/.md) too
+            result.report["generation"] = extra
         results["splits"][split.name] = dist.on_main(
             lambda s=split, r=result, p=predictions: write_eval_report(
                 out_dir, s.name, s.path, r, model.task, s.examples, p, model.labels

@@ -143,6 +143,10 @@ def evaluate(
         data_cfg = predictor.data.model_copy(update=overrides)
         examples = predictor.task.read(str(data), data_cfg, split="test")
         result, predictions = predictor.evaluate_examples(examples, str(data))
+        generated = predictor.task.extra_evaluation(predictor.model, examples, out, _report_name(data))
+        if generated:  # causal_lm with eval_generate: the recipe's generation metrics, samples file in --out
+            result.headline.update(generated)
+            result.report["generation"] = generated
     except AdaptuneError as err:
         fail(err)
         return

@@ -60,7 +60,7 @@ class DataConfig(StrictModel):
     train: str | None = Field(None, description="Training file or folder.")
     dev: str | None = Field(None, description="Development file: evaluation during training, early stopping.")
     test: str | None = Field(None, description="Test file, evaluated once after training.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "bmes", "hf"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "bmes", "hf", "semeval"] = "auto"
     text_column: str = Field("text", description="Column/field with the text (sequence tasks).")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair tasks.")
     label_column: str = Field("label", description="Column/field with the label (sequence tasks).")

@@ -168,11 +168,15 @@ def check_exportable(model: AdaptedModel) -> None:
             f"{', '.join(takes_inputs)} (merged into the weights: {', '.join(methods_with(Mergeable))})"
         )
     task_name = getattr(model.task.config, "name", type(model.task).__name__)
-    classifiers = [name for name in task_names() if getattr(task_registration(name).factory, "kind", "") != "generate"]
-    if model.task.kind == "generate":
+    exported = ("classify", "tag")
+    classifiers = [name for name in task_names() if getattr(task_registration(name).factory, "kind", "") in exported]
+    if model.task.kind not in exported:
+        generates = model.task.kind == "generate"
+        why = "generates text" if generates else "needs more than input ids (entity markers, passage windows)"
+        advice = "use --format peft" if generates else "serve the adapter with adaptune serve"
         raise ConfigError(
-            f"--format onnx: task '{task_name}' generates text, and the export is one graph that gives logits; "
-            f"supported tasks: {', '.join(classifiers)} (for '{task_name}' use --format peft)"
+            f"--format onnx: task '{task_name}' {why}, and the export is one graph from input ids to logits; "
+            f"supported tasks: {', '.join(classifiers)} (for '{task_name}' {advice})"
         )
     if model.info.is_decoder:
         raise ConfigError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,6 +16,20 @@ from adaptune.positions import positions_from_mask
 from adaptune.tasks.base import Task
 
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@runtime_checkable
+class EmbedsInputs(Protocol):
+    """A task head that embeds the input ids itself (trained rows for tokens the base vocabulary lacks, such as
+    relation classification's entity markers): ``embed_inputs(word_embeddings, input_ids (B, T)) -> (B, T, d)``.
+    The model then feeds the backbone ``inputs_embeds``, and the frozen embeddings are no longer a fixed prefix."""
+
+    def embed_inputs(self, embedding: nn.Embedding, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def head_embeds_inputs(head: nn.Module) -> bool:
+    """Whether ``head`` embeds the inputs (:class:`EmbedsInputs`)."""
+    return isinstance(head, EmbedsInputs)
 
 
 class AdaptedModel(nn.Module):
@@ -52,7 +66,10 @@ class AdaptedModel(nn.Module):
         self.padding_free = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
+        inputs: dict[str, Any] = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
+        if isinstance(self.head, EmbedsInputs) and "input_ids" in inputs:
+            embedding = self.backbone.get_input_embeddings()
+            inputs["inputs_embeds"] = self.head.embed_inputs(embedding, inputs.pop("input_ids"))
         prep = self.method.prepare_inputs(self.backbone, inputs)
         if "position_ids" in batch:  # packed rows: several examples per row, each numbered from 0
             prep.inputs = packed_inputs(prep.inputs, batch["position_ids"], prep.n_virtual + prep.kv_prefix)

@@ -33,6 +33,7 @@ from adaptune.methods.base import Mergeable
 from adaptune.registry import build_method, method_names
 from decoders.lm_tools import adapted, make_tiny_causal_llama, write_alpaca
 from method_checks import TEXTS, Run, assert_only_owned_changed, assert_round_trip, backbone, peft_model, train_tiny
+from task_kit import write_qa, write_relations
 from tiny import make_tiny_llama
 from virtual_checks import attach_full, initial_state, make_left_padding
 
@@ -61,15 +62,27 @@ MODELS = {
     "llama": ("llama_left", "llama", "mean"),
     "llama_lm": ("causal_llama", "llama", "last"),
 }
-TASK_DATA = {"seq_cls": ("intents", "train.jsonl"), "token_cls": ("ner", "train.conll"), "causal_lm": ("", "")}
+TASK_DATA = {"seq_cls": ("intents", "train.jsonl"), "token_cls": ("ner", "train.conll")}
+#: Tasks whose cells train on data written for the run: 48 Alpaca rows, synthetic marked relations and QA rows.
+WRITTEN: dict[str, Callable[[Path], Path]] = {
+    "causal_lm": lambda tmp: write_alpaca(tmp / "alpaca.json", EXAMPLES),
+    "relation_cls": lambda tmp: write_relations(tmp / "relations.jsonl", EXAMPLES),
+    "extractive_qa": lambda tmp: write_qa(tmp / "qa.jsonl", EXAMPLES),
+}
 #: The (model, task) cells: encoder and decoder backbones for the classification tasks, the causal LM (a decoder
 #: with its LM head) for causal_lm.
 CELLS = [("bert", "seq_cls"), ("bert", "token_cls"), ("llama", "seq_cls"), ("llama", "token_cls")]
-CELLS += [("llama_lm", "causal_lm")]
+CELLS += [("llama_lm", "causal_lm"), ("bert", "relation_cls"), ("llama", "relation_cls"), ("bert", "extractive_qa")]
+#: What the save/load and merge checks predict on, per task (default: :data:`TEXTS`).
+INPUTS: dict[str, list[Any]] = {
+    "relation_cls": ["the <e1>apple</e1> is inside the <e2>bottle</e2> .", "<e2>wine</e2> and <e1>bread</e1>"],
+    "extractive_qa": [{"question": "where does bob live ?", "context": "bob lives in paris . emma likes soup ."}],
+}
 #: Extra overrides of a task's cells: conversations need more than 32 tokens; no packing, so that prompt and
 #: prefix tuning train too; more steps at a higher rate (see :data:`LOSS_KEPT`).
 TASK_OVERRIDES = {
-    "causal_lm": ["data.max_length=48", "task.pack=false", "training.max_steps=80", "training.learning_rate=0.3"]
+    "causal_lm": ["data.max_length=48", "task.pack=false", "training.max_steps=80", "training.learning_rate=0.3"],
+    "relation_cls": ["training.max_steps=80"],  # the random Llama's states at two marker positions learn slowly
 }
 #: The share of the loss a task's cells must get below (default 0.9: a 10% drop). A random 2-layer decoder with a
 #: frozen 30k-token LM head predicts next tokens almost uniformly (loss ~ ln V = 10.33), and methods that act
@@ -77,7 +90,10 @@ TASK_OVERRIDES = {
 #: percent in 80 steps (prompt tuning's gradient on this model is ~5e-4), where LoRA and prefix tuning drop it by
 #: 10-20%: for causal_lm the check is that every method lowers it at all, by 0.05% or more. What these methods
 #: reach on a real decoder is measured in benchmarks/quality.py (SmolLM2).
-LOSS_KEPT = {"causal_lm": 0.9995}
+LOSS_KEPT: dict[str | tuple[str, str], float] = {"causal_lm": 0.9995}
+#: relation_cls on the random left-padding Llama: the head reads two marker states of a causal model that has seen
+#: little of the sentence there, and a bottleneck lowers that loss by 5% in 80 steps (LoRA and the head by 10%+).
+LOSS_KEPT[("llama", "relation_cls")] = 0.97
 
 
 class Case(NamedTuple):
@@ -147,8 +163,11 @@ def _loss(run: Run, examples: list[Any]) -> float:
 
 def train_case(case: Case, base_dir: Path, data: Path, tmp: Path) -> Trained | Refused:
     """Train ``case`` through ``adaptune.train``; measure the loss on its training examples before and after."""
-    folder, file = TASK_DATA[case.task]
-    path = data / folder / file if folder else write_alpaca(tmp / "alpaca.json", EXAMPLES)
+    if case.task in WRITTEN:
+        path = WRITTEN[case.task](tmp)
+    else:
+        folder, file = TASK_DATA[case.task]
+        path = data / folder / file
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in method_fields(case.method).items()}
     try:
         run = _train(case, base_dir, data, tmp, fields, path)
@@ -249,7 +268,7 @@ def test_loss_goes_down(case: Case, trained: Callable[[Case], Trained | Refused]
     if refused_rightly(done):
         return
     assert isinstance(done, Trained)
-    keep = LOSS_KEPT.get(case.task, 0.9)
+    keep = LOSS_KEPT.get((case.model, case.task), LOSS_KEPT.get(case.task, 0.9))
     assert done.loss_after < keep * done.loss_before, (done.loss_before, done.loss_after)
 
 
@@ -259,7 +278,7 @@ def test_save_load_round_trip_is_exact(case: Case, trained: Callable[[Case], Tra
     if refused_rightly(done):
         return
     assert isinstance(done, Trained)
-    assert_round_trip(done.run)
+    assert_round_trip(done.run, INPUTS.get(case.task, TEXTS))
 
 
 def mergeable(case: Case) -> bool:
@@ -276,11 +295,11 @@ def test_merged_equals_unmerged(case: Case, trained: Callable[[Case], Trained | 
     predictor = Predictor.load(done.run.result.adapter_dir)
     method, backbone_model = predictor.model.method, predictor.model.backbone
     assert isinstance(method, Mergeable)
-    unmerged = predictor.logits(TEXTS)
+    unmerged = predictor.logits(INPUTS.get(case.task, TEXTS))
     method.merge(backbone_model)
-    merged = predictor.logits(TEXTS)
+    merged = predictor.logits(INPUTS.get(case.task, TEXTS))
     method.unmerge(backbone_model)
-    again = predictor.logits(TEXTS)
+    again = predictor.logits(INPUTS.get(case.task, TEXTS))
     for a, b, c in zip(unmerged, merged, again, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
         torch.testing.assert_close(c, a, atol=1e-5, rtol=0)

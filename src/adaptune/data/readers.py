@@ -42,7 +42,7 @@ from adaptune.data.formats.source import Location, Row, read_text_file
 from adaptune.data.records import TextExample, TokenExample, token_example_from_words
 from adaptune.errors import ConfigError, DataError
 
-__all__ = ["FORMATS", "detect_format", "read_text_examples", "read_token_examples"]
+__all__ = ["FORMATS", "detect_format", "read_table_rows", "read_text_examples", "read_token_examples"]
 
 #: Every format name a reader accepts, besides ``"auto"``.
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "json", "conll", "bmes", "hf")
@@ -137,6 +137,33 @@ def _text_rows(
         columns = resolve_columns([name.strip() for name in column_names], columns, file, None)
     rows = read_delimited_rows(text, file, delimiter=delimiter, column_names=column_names, required=columns.required())
     return rows, columns
+
+
+def read_table_rows(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    column_names: list[str] | None = None,
+    hf_split: str | None = None,
+    required: Sequence[str] = (),
+    task: str = "these",
+) -> list[Row]:
+    """The records of a csv, tsv, jsonl, json file or saved ``datasets`` folder as rows, for tasks whose examples
+    are built from named fields (relation classification); ``required``: columns a csv/tsv file must have."""
+    path = Path(path)
+    found = _resolve_format(path, format, _TEXT_FORMATS, task)
+    if column_names is not None and found not in ("csv", "tsv"):
+        raise ConfigError(f"column_names: only csv and tsv files take column names, not {found}")
+    if found not in ("csv", "tsv"):
+        rows = _rows(path, found, hf_split)
+    else:
+        delimiter = "," if found == "csv" else "\t"
+        rows = read_delimited_rows(
+            read_text_file(path), str(path), delimiter=delimiter, column_names=column_names, required=required
+        )
+    if not rows:
+        raise DataError("no examples found", file=str(path))
+    return rows
 
 
 def read_text_examples(

@@ -18,6 +18,10 @@ def report_tables(report: dict[str, Any], split: str, markdown: bool = False) ->
     fmt = format_report_markdown if markdown else format_report_table
     if "perplexity" in report:  # causal language modelling
         return format_lm_report(report, split, markdown)
+    if "by_language" in report:  # extractive QA
+        from adaptune.evaluation.squad import format_qa_report
+
+        return format_qa_report(report, split, markdown)
     if "per_type" in report:
         main = fmt(report, f"{split}: entity level, strict ({report.get('scheme', '')}) (headline)")
         token = report.get("token_level")

@@ -73,7 +73,7 @@ def run_model(
                 predictions[i] = pred
             if keep_logits:
                 for row, i in enumerate(indices):
-                    logits_out[i] = _unpad(logits[row].float().cpu(), batch["attention_mask"][row].cpu())
+                    logits_out[i] = _example_logits(logits, batch, row, model.task.rows_are_examples)
     model.train(was_training)
     return BatchOutput(predictions, logits_out, loss_sum / loss_n if loss_n else None)
 
@@ -97,6 +97,17 @@ def check_finite(logits: torch.Tensor, adapter: str) -> None:
             f"adapter {adapter!r} produced non-finite scores (NaN or inf): its weights likely hold NaN or inf values "
             "(a training run that diverged?); retrain it or restore a good copy of its weights"
         )
+
+
+def _example_logits(logits: torch.Tensor, batch: dict[str, Any], example: int, rows_are_examples: bool) -> torch.Tensor:
+    """The logits of the batch's ``example``-th example: its row, or, for a task whose collate makes several rows
+    of one example (``batch["example_index"]``, ``(R,)``: the example of each row), its rows' unpadded token
+    logits one after another."""
+    mask = batch["attention_mask"].cpu()
+    if rows_are_examples:
+        return _unpad(logits[example].float().cpu(), mask[example])
+    rows = (batch["example_index"].cpu() == example).nonzero().flatten().tolist()
+    return torch.cat([_unpad(logits[row].float().cpu(), mask[row]) for row in rows])
 
 
 def _unpad(row_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

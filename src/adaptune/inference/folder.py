@@ -161,9 +161,12 @@ def build_entry(name: str, path: Path, template: Backbone, base_fingerprint: str
 def per_row_parts(model: AdaptedModel) -> list[PerRowPart] | None:
     """What the shared base applies per row for ``model`` (:class:`~adaptune.methods.base.PerRowBatched`), or
     None when it runs on its own model: a method without a per-row form (or one that changes the inputs), or a
-    task that generates (generation runs per adapter)."""
+    task that generates (generation runs per adapter) or makes several batch rows of one example
+    (:attr:`~adaptune.tasks.base.Task.rows_are_examples`)."""
     method = model.method
-    if model.task.kind == "generate" or changes_inputs(method) or not isinstance(method, PerRowBatched):
+    if model.task.kind == "generate" or not model.task.rows_are_examples:
+        return None
+    if changes_inputs(method) or not isinstance(method, PerRowBatched):
         return None
     return method.per_row_parts(model.backbone)
 

@@ -53,7 +53,7 @@ from adaptune.inference.errors import (
 )
 from adaptune.inference.folder import Entry, adapter_path, build_entry, check_name, discover, structural_copy
 from adaptune.inference.jobs import GenerationJob, job_batches
-from adaptune.model import BACKBONE_INPUTS
+from adaptune.model import BACKBONE_INPUTS, head_embeds_inputs
 from adaptune.padding_free import packed_forward, packing_of, worth_packing
 from adaptune.padding_free import supports as supports_padding_free
 from adaptune.per_row import MultiAdapterLayers
@@ -301,7 +301,9 @@ class MultiPredictor:
         select = torch.tensor([rows[i].entry.index for i in positions], dtype=torch.long, device=self.device)
         if self.backbone.is_decoder:  # as AdaptedModel.forward: left padding does not shift a row's positions
             inputs["position_ids"] = positions_from_mask(inputs["attention_mask"])
-        if self.padding_free and worth_packing(inputs["attention_mask"]):
+        if any(head_embeds_inputs(rows[i].entry.head) for i in positions):
+            inputs["inputs_embeds"] = self._embed(rows, positions, inputs.pop("input_ids"))
+        if self.padding_free and "input_ids" in inputs and worth_packing(inputs["attention_mask"]):
             packing = packing_of(inputs["attention_mask"])
             with self.layers.select(select, packing):
                 hidden = packed_forward(self.backbone.model, inputs, packing)
@@ -314,9 +316,19 @@ class MultiPredictor:
         for local_rows in by_entry.values():
             entry = rows[positions[local_rows[0]]].entry
             index = torch.tensor(local_rows, dtype=torch.long, device=self.device)
-            sub = {k: v[index] for k, v in batch.items()}
             mine = [positions[j] for j in local_rows]
-            logits = entry.head(hidden[index], sub)
+            # the adapter's own batch (its task's keys, e.g. entity positions), and its rows' states cut to its
+            # width: what lies beyond is padding on the padded side
+            sub = to_device(
+                entry.task.collate(
+                    [rows[i].encoded for i in mine], int(tokenizer.pad_token_id), tokenizer.padding_side
+                ),
+                self.device,
+            )
+            width = sub["input_ids"].shape[1]
+            states = hidden[index]
+            states = states[:, -width:] if tokenizer.padding_side == "left" else states[:, :width]
+            logits = entry.head(states, sub)
             try:
                 check_finite(logits, entry.name)
             except NonFiniteOutput as err:  # this adapter's rows fail; the others of the batch go on
@@ -325,6 +337,21 @@ class MultiPredictor:
                 continue
             predictions = entry.task.decode(logits, sub, [rows[i].encoded for i in mine])
             self._answer(entry, rows, mine, predictions, results)
+
+    def _embed(self, rows: Sequence[Row], positions: list[int], input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings ``(B, T, d)`` of a mixed batch: the base table's rows, and for the rows of adapters
+        whose head embeds its inputs (:class:`~adaptune.model.EmbedsInputs`: entity markers) that head's."""
+        embedding = self.backbone.model.get_input_embeddings()
+        embeds = embedding(input_ids.clamp(max=embedding.num_embeddings - 1))
+        by_entry: dict[int, list[int]] = {}
+        for local, i in enumerate(positions):
+            by_entry.setdefault(rows[i].entry.index, []).append(local)
+        for local_rows in by_entry.values():
+            head = rows[positions[local_rows[0]]].entry.head
+            if head_embeds_inputs(head):
+                index = torch.tensor(local_rows, dtype=torch.long, device=input_ids.device)
+                embeds[index] = head.embed_inputs(embedding, input_ids[index]).to(embeds.dtype)
+        return embeds  # type: ignore[no-any-return]
 
     def _run_private(self, rows: Sequence[Row], positions: list[int], results: list[Any]) -> None:
         """One forward of an adapter's private model (methods the shared base cannot apply per row)."""

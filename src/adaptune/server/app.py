@@ -324,6 +324,18 @@ def _add_prediction_routes(app: FastAPI, service: Service, auth: list[Any]) -> N
         """Tag each input with an adapter whose task tags tokens: entities with character offsets (start, end)."""
         return await service.predict(body, "tag")
 
+    @app.post("/v1/relations", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
+    async def relations(body: PredictRequest) -> JSONResponse:
+        """Classify the directed relation between two marked entities of each input (``<e1>..</e1>`` and
+        ``<e2>..</e2>`` in the text, or character spans ``e1``/``e2``): relation, score, scores, the entities."""
+        return await service.predict(body, "relation")
+
+    @app.post("/v1/answer", response_model=PredictResponse, responses=ERRORS, dependencies=auth, tags=["predict"])
+    async def answer(body: PredictRequest) -> JSONResponse:
+        """Find each question's answer in its passage (``{"question", "context"}``): answer text, character start
+        and end in the context, score."""
+        return await service.predict(body, "answer")
+
 
 def _add_doc_routes(app: FastAPI, auth: list[Any]) -> None:
     """``/docs`` (Swagger UI, and its ``/docs/oauth2-redirect`` page) and ``/redoc``, FastAPI's pages, but behind

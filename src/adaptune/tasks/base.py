@@ -57,8 +57,10 @@ class EvalOutput:
 #: What a task's predictions are, which is what the CLI, the Predictor and the server route on (never the task's
 #: name): ``classify`` (a label per input: ``/v1/classify``), ``tag`` (labelled spans: ``/v1/tag``),
 #: ``generate`` (text: ``/v1/generate`` and the OpenAI routes; prediction generates, rows are never batched by the
-#: forward batcher). New kinds join this list with the tasks that introduce them.
-TaskKind = Literal["classify", "tag", "generate"]
+#: forward batcher), ``relation`` (a directed relation between two marked entities: ``/v1/relations``),
+#: ``answer`` (an answer span found in a passage: ``/v1/answer``). New kinds join this list with the tasks that
+#: introduce them.
+TaskKind = Literal["classify", "tag", "generate", "relation", "answer"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 
 
@@ -98,6 +100,12 @@ class Task(ABC, Generic[E]):
     default_metric: str = "accuracy"
     #: What the task predicts (:data:`TaskKind`); declared by every task.
     kind: TaskKind = "classify"
+    #: Declared: each example is one row of the collated batch. False where :meth:`collate` makes several rows of
+    #: one example (extractive QA's overlapping passage windows) and :meth:`decode` folds them back into one
+    #: prediction per example; the training activation cache (one cached row per example) and the server's
+    #: per-row mixed-adapter batches need one row per example, and are refused or not used otherwise. Such a
+    #: task's batch carries ``example_index`` ``(R,)``: the example (0..B-1) of each row.
+    rows_are_examples: bool = True
 
     def predict(self, ctx: PredictContext, examples: Sequence[E]) -> list[dict[str, Any]]:
         """One JSON-ready prediction per unlabelled example (what ``adaptune predict``, ``Predictor.predict``

@@ -17,8 +17,14 @@ the examples run one by one). Targets are shifted inside each example, so no exa
 first token. Evaluation batches are never packed.
 
 Evaluation: held-out loss (token-weighted) and perplexity ``exp(loss)``; with ``eval_generate: N`` the final
-evaluation also generates for the first ``N`` examples and scores exact match, ROUGE-L, chrF and BLEU
-(:mod:`adaptune.evaluation.generation`), writing ``generations_<split>.jsonl`` (prompt, reference, generation).
+evaluation (and the one at the start, ``training.eval_at_start``, and ``adaptune eval``) also generates for the
+first ``N`` examples and scores them with the recipe's metrics (``recipe: none``: exact match, ROUGE-L, chrF and
+BLEU; :mod:`adaptune.evaluation.generation`), writing ``generations_<split>.jsonl`` (prompt, reference,
+generation).
+
+Recipes (``recipe``, :mod:`adaptune.data.recipes`): ``translation`` and ``summarisation`` read (source, target)
+rows and turn each into ``[user: prompt_template(source), assistant: target]``; ``dialogue`` scores every
+assistant turn of a conversation given the gold turns before it. Each names the metrics of its field.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -40,6 +46,7 @@ from adaptune.config import DataConfig, GenerationConfig, TaskConfig
 from adaptune.data.chat import ChatExample, Message, chat_from_row, prompt_ids, template_for, tokenize_conversation
 from adaptune.data.formats.jsonfile import json_kind, read_json_rows, read_jsonl_rows
 from adaptune.data.formats.source import Location, Row, read_text_file
+from adaptune.data.recipes import RECIPES, PromptSpec, prompt_spec, read_pair_examples, reply_prompts
 from adaptune.errors import ConfigError, DataError
 from adaptune.generation import generate
 from adaptune.registry import register_task
@@ -60,7 +67,12 @@ class CausalLMConfig(TaskConfig):
         description="When data.dev is the same file as data.train: its last N rows are the dev set and are left "
         "out of training (for data without a split, such as Alpaca).",
     )
-    eval_generate: int = Field(0, ge=0, description="Final evaluation: generate for the first N examples and score.")
+    eval_generate: int = Field(
+        0,
+        ge=0,
+        description="Final evaluation (and training.eval_at_start, adaptune eval): generate for the first N examples "
+        "(recipe dialogue: the first N assistant turns) and score them with the recipe's metrics.",
+    )
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_new_tokens=128),
         description="Decoding options of eval_generate.",
@@ -68,6 +80,41 @@ class CausalLMConfig(TaskConfig):
     chat_template: str | None = Field(
         None, description="A Jinja chat template to use instead of the tokenizer's own (or the plain fallback)."
     )
+    recipe: Literal["none", "translation", "summarisation", "dialogue"] = Field(
+        "none",
+        description="Text-to-text recipe (adaptune.data.recipes): 'translation' reads source/target rows and "
+        "'summarisation' document/summary rows (JSONL, JSON, CSV or TSV; data.text_column/label_column name other "
+        "fields) as instruction records; 'dialogue' reads chat records (ShareGPT ...) and scores every assistant "
+        "turn given the gold history; each sets the metrics of eval_generate. 'none': chat records as they are.",
+    )
+    source_language: str | None = Field(
+        None, description="Translation: the source language named in the default prompt (e.g. 'English')."
+    )
+    target_language: str | None = Field(
+        None, description="Translation: the target language named in the default prompt (required without a template)."
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="Translation/summarisation: the user message made from a row, with {source} (the row's text) "
+        "and optionally {source_language}/{target_language}; None: the recipe's default prompt.",
+    )
+    metrics: list[Literal["exact_match", "rouge_1", "rouge_2", "rouge_l", "bleu", "chrf"]] | None = Field(
+        None,
+        min_length=1,
+        description="Generation metrics of eval_generate; None: the recipe's (translation: bleu, chrf; "
+        "summarisation: rouge_1, rouge_2, rouge_l; dialogue: rouge_l, bleu, chrf; none: exact_match, rouge_l, "
+        "chrf, bleu).",
+    )
+
+    @model_validator(mode="after")
+    def _recipe_prompt(self) -> CausalLMConfig:
+        prompt_spec(self.recipe, self.prompt_template, self.source_language, self.target_language)
+        return self
+
+    @property
+    def generation_metrics(self) -> tuple[str, ...]:
+        """The metrics eval_generate reports: ``metrics``, else the recipe's."""
+        return tuple(self.metrics) if self.metrics else RECIPES[self.recipe].metrics
 
 
 @dataclass
@@ -196,18 +243,12 @@ class CausalLM(Task[ChatExample]):
 
     # -- data -------------------------------------------------------------------------------------------
     def read(self, path: str, data: DataConfig, *, split: str, require_labels: bool = True) -> list[ChatExample]:
-        file = Path(path)
-        fmt = data.format if data.format != "auto" else ("jsonl" if file.suffix in (".jsonl", ".ndjson") else "json")
-        if fmt not in ("json", "jsonl"):
-            raise DataError(f"causal_lm reads JSON or JSON Lines files, not {fmt}", file=path)
-        text = read_text_file(file)
-        rows = read_json_rows(text, path) if json_kind(text) == "json" else read_jsonl_rows(text, path)
-        examples = [chat_from_row(row) for row in rows]
+        examples = self._read_file(path, data, require_labels)
         held = self.config.holdout
         if held and data.train and data.dev and Path(data.train).resolve() == Path(data.dev).resolve():
             if held >= len(examples):
                 raise ConfigError(f"task.holdout = {held} leaves no training rows in {path} ({len(examples)} rows)")
-            same_file = file.resolve() == Path(data.train).resolve()
+            same_file = Path(path).resolve() == Path(data.train).resolve()
             if same_file and split == "train":
                 examples = examples[:-held]
             elif same_file and split == "dev":
@@ -218,6 +259,25 @@ class CausalLM(Task[ChatExample]):
                     raise DataError("has no assistant turn to learn", file=ex.source or path, field=self.label_field)
         return examples
 
+    def _read_file(self, path: str, data: DataConfig, require_labels: bool) -> list[ChatExample]:
+        """Chat records, or a recipe's pair rows as instruction records (:mod:`adaptune.data.recipes`)."""
+        recipe, prompt = RECIPES[self.config.recipe], self.pair_prompt
+        if prompt is not None:
+            return read_pair_examples(path, data, recipe, prompt, require_labels=require_labels)
+        file = Path(path)
+        fmt = data.format if data.format != "auto" else ("jsonl" if file.suffix in (".jsonl", ".ndjson") else "json")
+        if fmt not in ("json", "jsonl"):
+            raise DataError(f"causal_lm reads JSON or JSON Lines files, not {fmt}", file=path)
+        text = read_text_file(file)
+        rows = read_json_rows(text, path) if json_kind(text) == "json" else read_jsonl_rows(text, path)
+        return [chat_from_row(row) for row in rows]
+
+    @property
+    def pair_prompt(self) -> PromptSpec | None:
+        """The prompt that turns a pair row into the user message (translation, summarisation); else None."""
+        cfg = self.config
+        return prompt_spec(cfg.recipe, cfg.prompt_template, cfg.source_language, cfg.target_language)
+
     def parse_input(self, item: str | dict[str, Any]) -> ChatExample:
         if isinstance(item, str):
             if not item.strip():
@@ -225,6 +285,9 @@ class CausalLM(Task[ChatExample]):
             return ChatExample((Message("user", item),))
         if isinstance(item.get("prompt"), str):
             return self.parse_input(item["prompt"])
+        prompt = self.pair_prompt
+        if prompt is not None and isinstance(item.get("source"), str) and item["source"].strip():
+            return self.parse_input(prompt.render(item["source"].strip()))  # a recipe's row text: its prompt
         return self.without_labels(chat_from_row(Row(Location("<input>", 1), item)))
 
     def label_names(self, examples: Sequence[ChatExample]) -> list[str]:
@@ -355,22 +418,30 @@ class CausalLM(Task[ChatExample]):
     def extra_evaluation(
         self, model: Any, examples: Sequence[ChatExample], folder: Any, split: str
     ) -> dict[str, float]:
-        """With ``eval_generate: N``: generate for the first N examples, score them, write the samples file."""
+        """With ``eval_generate: N``: generate for the first N examples (recipe ``dialogue``: the first N assistant
+        turns, each from the gold history before it), score them with the recipe's metrics, and write the
+        samples file ``generations_<split>.jsonl`` into ``folder`` (none when ``folder`` is None)."""
         from adaptune.evaluation.generation import generation_scores
         from adaptune.io import atomic_write_text
 
-        chosen = [ex for ex in examples if ex.last_assistant() is not None][: self.config.eval_generate]
+        labelled = [ex for ex in examples if ex.last_assistant() is not None]
+        if self.config.recipe == "dialogue":
+            chosen = [pair for ex in labelled for pair in reply_prompts(ex)][: self.config.eval_generate]
+        else:
+            chosen = [(ex.prompt, ex.reference) for ex in labelled][: self.config.eval_generate]
         if not chosen:
             return {}
-        prompts = [[m.as_dict() for m in ex.prompt] for ex in chosen]
+        prompts = [[m.as_dict() for m in history] for history, _ in chosen]
         outputs = generate(model, prompts, self.config.generation)
-        references = [ex.reference for ex in chosen]
-        lines = [
-            json.dumps(
-                {"prompt": p, "reference": r, "generation": g.text, "finish_reason": g.finish_reason},
-                ensure_ascii=False,
-            )
-            for p, r, g in zip(prompts, references, outputs, strict=True)
-        ]
-        atomic_write_text(Path(folder) / f"generations_{split}.jsonl", "\n".join(lines) + "\n")
-        return generation_scores(references, [g.text for g in outputs])
+        references = [reference for _, reference in chosen]
+        if folder is not None:
+            lines = [
+                json.dumps(
+                    {"prompt": p, "reference": r, "generation": g.text, "finish_reason": g.finish_reason},
+                    ensure_ascii=False,
+                )
+                for p, r, g in zip(prompts, references, outputs, strict=True)
+            ]
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(folder) / f"generations_{split}.jsonl", "\n".join(lines) + "\n")
+        return generation_scores(references, [g.text for g in outputs], self.config.generation_metrics)

@@ -40,7 +40,7 @@ from adaptune import fast_dropout
 from adaptune.config import TrainingConfig
 from adaptune.errors import ConfigError
 from adaptune.methods.base import changes_inputs
-from adaptune.model import AdaptedModel
+from adaptune.model import AdaptedModel, head_embeds_inputs
 from adaptune.targets import transformer_blocks
 from adaptune.training.memory import trim_freed_memory
 
@@ -51,7 +51,7 @@ def frozen_depth(model: AdaptedModel) -> int:
     """How many bottom blocks hold nothing trainable: ``N`` when only the head trains, 0 when block 0 trains, a
     trained tensor lies outside the blocks (embeddings, final norm) or the architecture is not in the table."""
     anatomy = model.info.anatomy
-    if anatomy is None or changes_inputs(model.method):
+    if anatomy is None or changes_inputs(model.method) or head_embeds_inputs(model.head):
         return 0
     blocks = transformer_blocks(model.backbone, anatomy)
     trained = {id(p) for p in model.adapter_parameters().values()}
@@ -190,6 +190,11 @@ class FastPath:
                 raise ConfigError(
                     "config key 'training.activation_cache' needs frozen bottom blocks, but the method trains block 0 "
                     "or changes the inputs; train the head only, or put the adapter on the top blocks (method.layers)"
+                )
+            if not model.task.rows_are_examples:
+                raise ConfigError(
+                    "config key 'training.activation_cache' caches one row per example, but this task makes several "
+                    "rows of one example (passage windows); set training.activation_cache=off"
                 )
             path = out_dir / CACHE_FILE if cfg.activation_cache == "mmap" else None
             self.cache = ActivationCache(lengths, path)
