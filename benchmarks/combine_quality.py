@@ -146,7 +146,10 @@ def main() -> None:
             print(f"{combine:28s} {dataset:22s} {value}", flush=True)
     from quality import upsert
 
-    upsert(records)
+    from adaptune.hardware import host_record
+
+    host = host_record(probe=True)
+    upsert([{**r, "host": host} for r in records])
 
 
 if __name__ == "__main__":

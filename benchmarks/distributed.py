@@ -7,16 +7,14 @@ where the single process used two), only the overhead of the gradient all-reduce
 
     .venv/bin/python benchmarks/distributed.py [--train-examples 8000]
 
-Writes ``benchmarks/results/distributed.json`` (a record per run with ``"nproc"``; the host's CPU and its bf16
-flags in each). Needs ``../shared/data/sst2``.
+Writes ``benchmarks/results/distributed.json`` (a record per run with ``"nproc"``; the precision the run chose and
+the host, :func:`adaptune.hardware.host_record` with its matmul probe, in each). Needs ``../shared/data/sst2``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,23 +22,10 @@ from pathlib import Path
 
 import torch
 
+from adaptune.hardware import host_record
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
-
-
-def host() -> dict[str, object]:
-    """The machine: CPU model, cores, the bf16 flags that decide matmul speed, torch's version, any GPU."""
-    info = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "amx_bf16": "amx_bf16" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def run(nproc: int, examples: int, out: Path) -> dict[str, object]:
@@ -79,7 +64,8 @@ def run(nproc: int, examples: int, out: Path) -> dict[str, object]:
         "train_s": train_s,
         "wall_s": round(wall, 1),
         "dev_accuracy": results["splits"]["dev"]["headline"]["accuracy"],
-        "host": host(),
+        "precision": results.get("precision"),  # what training.precision (auto) chose for the run
+        "host": host_record(probe=True),
         "command": " ".join([".venv/bin/python", "-m", "adaptune", *command[3:]]),
     }
 

@@ -36,6 +36,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from adaptune.backbone import load_backbone
 from adaptune.config import TrainingConfig, validate_config
 from adaptune.fast_dropout import fast_dropout
+from adaptune.hardware import host_record
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
 from adaptune.tasks.base import Encoded
@@ -167,6 +168,7 @@ def main() -> None:
         "dropout_ms": dropout_calls(args.repeats),
         "attention_ms_32x12x14x32": attention_calls(args.repeats),
         "lora_step_minilm_sized_32x14": training_steps(args.steps),
+        "host": host_record(probe=True),
     }
     print(json.dumps(record, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

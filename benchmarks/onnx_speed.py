@@ -14,9 +14,10 @@ Trains a short LoRA adapter on sentence-transformers/all-MiniLM-L6-v2 (the packa
 
 at batch sizes 1 and 32, with the same number of threads for torch and onnxruntime (``--threads``; default
 torch's). Times include tokenisation; each figure is the best of ``--repeats`` passes over the inputs after one
-warm-up batch. Each record holds the host's CPU and its bf16 flags (amx_bf16, avx512_bf16), the thread count and
-the largest logit difference between the backends on these inputs. Records replace this benchmark's records in
-``benchmarks/results/inference.json`` (a JSON list; records of other benchmarks there are kept).
+warm-up batch. Each record holds the host (:func:`adaptune.hardware.host_record`: CPU, its bf16 flags, the fp32
+and bf16 matmul rates), the thread count and the largest logit difference between the backends on these inputs.
+Records replace this benchmark's records in ``benchmarks/results/inference.json`` (a JSON list; records of other
+benchmarks there are kept).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 
 from adaptune import Predictor, load_config, train
 from adaptune.export_onnx import ONNX_CONFIG, ONNX_FILE, export_onnx
+from adaptune.hardware import host_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
@@ -46,14 +48,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 BATCH_SIZES = (1, 32)
 Run = Callable[[list[str]], np.ndarray]
-
-
-def host() -> dict[str, object]:
-    """The machine: CPU, cores, amx_bf16 / avx512_bf16, torch, GPU (``benchmarks/distributed.py``'s record)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from distributed import host as machine
-
-    return machine()
 
 
 def train_adapter(dataset: str, steps: int, out: Path) -> Path:
@@ -123,9 +117,9 @@ def examples_per_s(run: Run, texts: Sequence[str], batch_size: int, repeats: int
 
 def measure(adapter: Path, folder: Path, texts: list[str], threads: int, repeats: int) -> list[dict[str, object]]:
     """One record per backend and batch size, with its speed relative to the Predictor's at that batch size."""
-    predictors = {
-        "adaptune": Predictor.load(adapter, device="cpu"),
-        "adaptune_merged": Predictor.load(adapter, merge=True, device="cpu"),
+    predictors = {  # float32, as the exported graph
+        "adaptune": Predictor.load(adapter, device="cpu", precision="fp32"),
+        "adaptune_merged": Predictor.load(adapter, merge=True, device="cpu", precision="fp32"),
     }
     runners = {"onnxruntime": onnx_runner(folder, threads), **{k: predictor_runner(p) for k, p in predictors.items()}}
     chunks = [texts[i : i + 32] for i in range(0, len(texts), 32)]
@@ -148,10 +142,14 @@ def measure(adapter: Path, folder: Path, texts: list[str], threads: int, repeats
     return records
 
 
-def save(records: list[dict[str, object]], path: Path) -> None:
-    """Replace this benchmark's records in ``path`` (a JSON list), keeping other benchmarks' records."""
+def save(
+    records: Sequence[dict[str, object]], path: Path, benchmark: str = "onnx_speed", key: Sequence[str] = ()
+) -> None:
+    """Replace ``benchmark``'s records in ``path`` (a JSON list) by ``records``, keeping other benchmarks' records:
+    all of them, or with ``key`` only those with the same values of ``key`` as one of ``records`` (an upsert)."""
     kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    kept = [record for record in kept if record.get("benchmark") != "onnx_speed"]
+    new = {tuple(record.get(k) for k in key) for record in records}
+    kept = [r for r in kept if r.get("benchmark") != benchmark or tuple(r.get(k) for k in key) not in new]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([*kept, *records], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -190,7 +188,7 @@ def main() -> None:
         "onnx_bytes": (exported.path / ONNX_FILE).stat().st_size,
         "onnxruntime": exported.check["runtime"].split()[-1],
         "threads": args.threads,  # torch.set_num_threads and onnxruntime's intra_op_num_threads
-        "host": host(),
+        "host": host_record(probe=True),
         "command": " ".join([".venv/bin/python", "benchmarks/onnx_speed.py", *sys.argv[1:]]),
     }
     records = [{**common, **record} for record in measure(adapter, exported.path, texts, args.threads, args.repeats)]

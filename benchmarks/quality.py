@@ -29,6 +29,7 @@ TABLE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 def run_one(name: str, overrides: list[str]) -> list[dict]:
     """Train ``configs/<name>.yaml`` in this process and return its records."""
     from adaptune import load_config, train
+    from adaptune.hardware import host_record
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"training.output_dir=runs/{name}", *overrides])
     result = train(cfg, overwrite=True)  # a rerun replaces the config's previous run
@@ -54,6 +55,8 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
             "train_tokens_per_s": result.results["train_tokens_per_s"],
             "peak_rss_mb": result.results["peak_rss_mb"],
             "wall_s": result.results["wall_s"],
+            "precision": result.results["precision"]["chosen"],  # what training.precision (auto) chose
+            "host": host_record(probe=True),
             "command": command,
         }
         if m in at_start:

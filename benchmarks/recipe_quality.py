@@ -68,8 +68,9 @@ def write_split(folder: Path, train_rows: int, heldout: int) -> tuple[Path, Path
 
 def records(result: Any, cfg: Any, selection: dict[str, Any], command: str) -> list[dict[str, Any]]:
     """One quality.json record per metric, with the before figure and the run's cost."""
-    from distributed import host
+    from adaptune.hardware import host_record
 
+    host = host_record(probe=True)
     before, after = result.results["at_start"], result.results["splits"]["dev"]["headline"]
     return [
         {
@@ -87,7 +88,8 @@ def records(result: Any, cfg: Any, selection: dict[str, Any], command: str) -> l
             "wall_s": result.results["wall_s"],
             "recipe": cfg.task.recipe,
             "data": selection,
-            "host": host(),
+            "precision": result.results["precision"]["chosen"],  # what training.precision (auto) chose
+            "host": host,
             "command": command,
         }
         for metric in METRICS

@@ -11,7 +11,8 @@ Each round sends ``--requests`` (16) greedy ``POST /v1/generate`` requests at on
 prompts, ``max_new_tokens`` 32) and waits for all; after a warm-up round, ``--rounds`` rounds are timed and the
 median by requests/s is kept. Recorded per mode: requests/s, generated tokens/s (completion tokens over the wall
 time), p50/max latency, errors, the batches the server's ``/metrics`` counted, and whether the texts equal the
-one-by-one texts. Written to ``benchmarks/results/serve_generate.json``.
+one-by-one texts. The server runs in fp32 on every host; the record holds the host
+(:func:`adaptune.hardware.host_record`, with its matmul probe). Written to ``benchmarks/results/serve_generate.json``.
 
     nice -n 10 .venv/bin/python benchmarks/serve_generate.py             # a few minutes on 2 CPU cores
     nice -n 10 .venv/bin/python benchmarks/serve_generate.py --quick     # smoke run, to /tmp/serve_generate.json
@@ -37,6 +38,7 @@ from serve_load import free_port, launch
 
 from adaptune.backbone import fingerprint, load_backbone, resolve_model
 from adaptune.config import ModelConfig, validate_config
+from adaptune.hardware import host_record
 from adaptune.inference import build_model
 from adaptune.io import save_adapter
 from adaptune.peft_interop.importer import describe_adapter
@@ -87,6 +89,7 @@ def start_server(
     command = [sys.executable, "-m", "adaptune.cli", "serve", "--base", base, "--adapters", str(adapters)]
     command += ["--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
     command += ["--threads", str(threads)] if threads else []
+    command += ["--precision", "fp32"]  # on any host, so batched and one-by-one texts stay comparable
     return launch(command, port, "adaptune-serve-generate.log")
 
 
@@ -190,6 +193,8 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "decoding": "greedy",
         "server_threads": args.threads or torch.get_num_threads(),
+        "precision": "fp32",
+        "host": host_record(probe=True),
         "records": records,
         "batched_speedup": round(speedup, 2),
     }

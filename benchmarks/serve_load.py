@@ -16,7 +16,8 @@ Texts: the SST-2 dev sentences of ``../shared/data/sst2/dev.tsv``.
 Both run ``--rounds`` times (the server's scenarios alternating 1, 8, 1, 8, ...); each record is the median round
 by requests/s, with every round's rate in ``rounds_requests_per_s`` (two loopback runs of a few seconds on a
 2-core machine differ by a few percent). Records go to ``benchmarks/results/serve.json`` as ``{"adapters", "tool",
-"requests_per_s", "examples_per_s", "p50_ms", "p99_ms", "errors", ...}``, with ``serve.md`` (table) and
+"requests_per_s", "examples_per_s", "p50_ms", "p99_ms", "errors", ..., "host"}`` (the server in fp32, as peft; the
+host with its matmul probe, :func:`adaptune.hardware.host_record`), with ``serve.md`` (table) and
 ``serve.png`` (chart) beside it.
 
     .venv/bin/python benchmarks/serve_load.py            # full run (quiet machine: a few minutes)
@@ -43,6 +44,7 @@ import torch
 
 from adaptune.backbone import fingerprint, load_backbone
 from adaptune.config import ModelConfig, validate_config
+from adaptune.hardware import host_record
 from adaptune.inference import build_model
 from adaptune.io import save_adapter
 from adaptune.peft_interop.importer import describe_adapter
@@ -96,6 +98,7 @@ def start_server(adapters: Path, port: int, args: argparse.Namespace) -> subproc
     command += ["--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += [] if args.padding_free else ["--no-padding-free"]
+    command += ["--precision", "fp32"]  # peft's precision here, on any host (not serve's auto)
     return launch(command, port, "adaptune-serve-load.log")
 
 
@@ -250,6 +253,7 @@ def one_round(port: int, pid: int, names: list[str], texts: list[str], args: arg
         "clients": args.clients,
         "texts_per_request": args.texts_per_request,
         "padding_free": args.padding_free,
+        "precision": "fp32",
         "server_cpu_ms_per_request": round(1000 * server_cpu / args.requests, 2),
         "client_cpu_ms_per_request": round(1000 * client_cpu / args.requests, 2),
     }
@@ -370,6 +374,8 @@ def main() -> None:
         records = run_server_scenarios(names, folder, texts, args)
     records.append(run_peft(texts, args))
     print(json.dumps(records[-1]), flush=True)
+    host = host_record(probe=True)
+    records = [{**record, "host": host} for record in records]
     write_reports(records, args.out)
     one, mixed, peft = records
     print(

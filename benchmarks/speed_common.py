@@ -4,13 +4,13 @@ The orchestrator (``train_speed.py``) writes a *plan*: tokenised training exampl
 (indices, length-bucketed by adaptune's ``train_batches``), the dev examples in length-sorted batches, and the
 hyper-parameters. A peer worker replays the plan with :func:`train_peer` and :func:`infer`; the adaptune worker
 runs adaptune's own Trainer, which makes the very same batches from the same seed (checked). Timed per batch:
-collate, forward, loss, backward, clipping and the optimiser step, as in adaptune's loop.
+collate, forward, loss, backward, clipping and the optimiser step, as in adaptune's loop. (The matmul peak that
+MFU divides by is :func:`adaptune.hardware.matmul_peak`, measured by the orchestrators, which run in .venv.)
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import time
@@ -198,18 +198,3 @@ def finish(out: Measured, path: str | Path) -> None:
     """Write the worker's record (peak RSS taken last)."""
     out.peak_rss_mb = peak_rss_mb()
     Path(path).write_text(json.dumps(asdict(out)), encoding="utf-8")
-
-
-def matmul_peak(precision: str, size: int = 1024, seconds: float = 1.5) -> float:
-    """Best FLOP/s of a square matmul at ``precision`` over about ``seconds`` (the MFU denominator)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    for _ in range(3):
-        a @ b  # warm-up
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
-    return best if math.isfinite(best) else 0.0

@@ -13,11 +13,17 @@ FLOPs are counted from the model's shape, per epoch, for the work each record ac
 
 MFU = executed FLOPs / training seconds / the peak of a square matmul at the same precision, measured in the
 same run (so a contended machine lowers both).
+
+Which precision the headline pairs come from is the host's (:func:`headline`): where adaptune's matmul probe finds
+bf16 at least 1.3x as fast as fp32 (``training.precision: auto`` picks bf16 there: AMX), every tool runs in fp32
+and in bf16 autocast and adaptune's fastest run is paired with the peer's faster one; elsewhere the fp32 pair is
+the headline. Every record says which (``headline_precision``, ``headline_why``) and carries the host.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,36 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: the peer a method's target ratio is taken against (the issue: peft; for bottleneck AdapterHub's seq_bn)
 PEER = {"bottleneck": "adapters", "bottleneck_top2": "adapters"}
+
+
+def auto_choice() -> Any:
+    """``training.precision: auto`` on this CPU (:func:`adaptune.hardware.choose_precision`, the cached probe)."""
+    import torch
+
+    from adaptune.hardware import choose_precision
+
+    return choose_precision("auto", torch.device("cpu"))
+
+
+def run_precisions(asked: Sequence[str]) -> list[str]:
+    """The precisions to run: ``auto`` is fp32 and bf16 autocast where bf16 is the faster one here, else fp32."""
+    if "auto" not in asked:
+        return list(asked)
+    auto = ["fp32", "bf16"] if auto_choice().bf16 else ["fp32"]
+    return [p for p in ("fp32", "bf16") if p in auto or p in asked]
+
+
+def headline(ran: Sequence[str]) -> dict[str, Any]:
+    """Which of the precisions ``ran`` the headline pairs come from on this host, and why: each tool's faster run
+    where bf16 is the faster precision here, else the fp32 runs (``precisions``; the rest goes into records)."""
+    choice = auto_choice()
+    if choice.bf16:
+        used = [p for p in ("fp32", "bf16") if p in ran]
+        why = f"{choice.reason}: every tool ran in {' and '.join(used)}, each paired in its faster run"
+    else:
+        used = ["fp32"] if "fp32" in ran else list(ran)
+        why = f"{choice.reason}: bf16 is not the faster precision on this host, so the {used[0]} pair is the headline"
+    return {"headline_precision": "/".join(used), "headline_why": why, "precisions": used}
 
 
 def model_shape(plan: Plan) -> dict[str, int]:
@@ -116,11 +152,12 @@ def best(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return max(records, key=lambda r: r[key]) if records else None
 
 
-def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(records: list[dict[str, Any]], precisions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Per method: adaptune's faster run over the peer's faster run (overall and after the first epoch), RSS
     ratio and dev-metric difference of those two runs; then adaptune's lowest-memory run against the peer's faster
-    run (the peak RSS target)."""
+    run (the peak RSS target). Only runs at ``precisions`` (the :func:`headline` ones) count when given."""
     rows = []
+    records = [r for r in records if precisions is None or r["precision"] in precisions]
     for method in dict.fromkeys(r["method"] for r in records):
         peer = PEER.get(method, "peft")
         ours = [r for r in records if r["method"] == method and r["tool"] == "adaptune"]
@@ -158,11 +195,14 @@ def targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(records: list[dict[str, Any]], peaks: dict[str, float], command: str) -> str:
-    """The results table and the target ratios."""
+def markdown(
+    records: list[dict[str, Any]], peaks: dict[str, float], command: str, pairs: dict[str, Any] | None = None
+) -> str:
+    """The results table and the target ratios (from the ``pairs`` precisions of :func:`headline`, when given)."""
     lines = [
         f"Command: `.venv/bin/python {command}`. Matmul peak in this run: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
+        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s."
+        + (f" Headline pairs: {pairs['headline_precision']} ({pairs['headline_why']})." if pairs else ""),
         "",
         "| method | tool | variant | precision | tokens/s | examples/s | tokens/s after epoch 1 | peak RSS MB "
         "| adapter KB | dev acc | inference ex/s | MFU |",
@@ -184,7 +224,7 @@ def markdown(records: list[dict[str, Any]], peaks: dict[str, float], command: st
     lines += [
         f"| {t['method']} | {t['peer']} | {t['figure']} | {t['adaptune_run']} | {t['peer_run']} | "
         f"{t['speed_ratio']:.2f} | {t['rss_ratio']:.2f} | {t['dev_delta_points']:+.2f} |"
-        for t in targets(records)
+        for t in targets(records, pairs["precisions"] if pairs else None)
     ]
     return "\n".join(lines) + "\n"
 
@@ -220,7 +260,13 @@ def chart(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_results(
-    folder: Path, records: list[dict[str, Any]], peaks: dict[str, float], command: str, *, quick: bool
+    folder: Path,
+    records: list[dict[str, Any]],
+    peaks: dict[str, float],
+    command: str,
+    *,
+    quick: bool,
+    pairs: dict[str, Any] | None = None,
 ) -> None:
     """``train_speed.json`` (the records), ``train_speed.md`` (with the target ratios) and ``train_speed.png``
     (quick runs write ``train_speed_quick.*``, so that they never replace the full table)."""
@@ -231,7 +277,7 @@ def write_results(
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     kept = [r for r in previous if r["model"] not in models]
     path.write_text(json.dumps(kept + records, indent=2) + "\n", encoding="utf-8")
-    table = markdown(records, peaks, command)
+    table = markdown(records, peaks, command, pairs)
     (folder / f"{stem}.md").write_text(table, encoding="utf-8")
     if records:
         chart(records, folder / f"{stem}.png")

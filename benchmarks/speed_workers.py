@@ -63,7 +63,7 @@ def adaptune_config(plan: Plan, method: str, precision: str, switches: dict[str,
         "warmup_ratio": hp["warmup_ratio"],
         "max_grad_norm": hp["max_grad_norm"],
         "seed": hp["seed"],
-        "bf16": precision == "bf16",
+        "precision": precision,  # as the record says, on any host (not training.precision's auto)
         "progress": False,
         "log_every": 1,
         "output_dir": out_dir,
@@ -124,7 +124,7 @@ def run_adaptune(plan: Plan, method: str, precision: str, switches: dict[str, An
         callbacks=[EpochTiming()],
     )
     trainer.fit()
-    measure_after_training(model, plan, method, Path(work), out, bf16=cfg.training.bf16)
+    measure_after_training(model, plan, method, Path(work), out, bf16=trainer.precision.bf16)
     shutil.rmtree(work, ignore_errors=True)
     return out
 

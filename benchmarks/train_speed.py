@@ -9,8 +9,11 @@ MiniLM's tokenizer, the length-bucketed batches of every epoch (adaptune's ``tra
 set in length-sorted batches, and the hyper-parameters. Every record is then one subprocess (peak RSS is that
 tool's): adaptune (``speed_workers.py adaptune``, its own Trainer, plain and with its speed switches), peft
 (``speed_workers.py peft``) and AdapterHub (``adapters_worker.py`` under ``.venv-adapters/bin/python``; it pins
-transformers 4.57). fp32 rows are compared with fp32 rows and bf16-autocast rows with bf16-autocast rows; the
-matmul peaks that MFU divides by are measured in the same run. Results: ``benchmarks/results/train_speed.json``,
+transformers 4.57). Every tool runs at every precision asked for (``--precisions``; ``auto``: fp32 and bf16
+autocast where adaptune's matmul probe finds bf16 the faster precision on this host, else fp32); the headline
+target ratios pair adaptune's fastest run with the peer's faster one there, and the fp32 runs elsewhere
+(:func:`speed_report.headline`; each record says which and why, and carries the host). The matmul peaks that MFU
+divides by are measured in the same run. Results: ``benchmarks/results/train_speed.json``,
 ``train_speed.md`` and ``train_speed.png`` (:mod:`speed_report`).
 """
 
@@ -28,8 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed_common import METHODS, Plan, matmul_peak
-from speed_report import build_record, write_results
+from speed_common import METHODS, Plan
+from speed_report import build_record, headline, run_precisions, write_results
+
+from adaptune.hardware import host_record, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -182,7 +187,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="256 training examples, 2 epochs, 128 dev examples")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: adaptune, peft, adapters")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="comma-separated: fp32, bf16 (autocast); auto: both where bf16 is the faster precision here, else fp32",
+    )
     parser.add_argument("--ablation", action="store_true", help="also each adaptune switch alone")
     parser.add_argument("--train-examples", type=int, help="SST-2 training examples (default 2048; quick 256)")
     parser.add_argument("--epochs", type=int, help="epochs over them (default 3; quick 2)")
@@ -194,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.tools = [t for t in args.tools.split(",") if t]
-    args.precisions = [p for p in args.precisions.split(",") if p]
+    args.precisions = run_precisions([p for p in args.precisions.split(",") if p])
     unknown = set(args.methods) - set(METHODS) | set(args.tools) - set(TOOLS) | set(args.precisions) - {"fp32", "bf16"}
     if unknown:
         parser.error(f"unknown choices: {sorted(unknown)}")
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = build_plan(train_n, dev_n, epochs, batch_size=32, seed=42)
     peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    pairs, host = headline(args.precisions), host_record(probe=True)
+    print(f"precisions {', '.join(args.precisions)}; headline pairs: {pairs['headline_precision']}", flush=True)
     best: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     failures = 0
     runs = planned_runs(args) * args.repeats  # repeats interleave the tools, and the faster run of each is kept
@@ -225,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAILED {method} {tool} {precision} {variant}:\n{error}", file=sys.stderr, flush=True)
                 continue
             record = build_record(plan, method, tool, precision, variant, switches, measured, peaks, command)
+            record.update(headline_precision=pairs["headline_precision"], headline_why=pairs["headline_why"], host=host)
             key = (method, tool, precision, variant)
             record["repeats"] = best[key]["repeats"] + 1 if key in best else 1
             if key not in best or record["tokens_per_s"] > best[key]["tokens_per_s"]:
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"dev {record['dev_metric']:.4f}  mfu {record['mfu']:.3f}",
                 flush=True,
             )
-    write_results(Path(args.out), list(best.values()), peaks, command, quick=args.quick)
+    write_results(Path(args.out), list(best.values()), peaks, command, quick=args.quick, pairs=pairs)
     return 1 if failures else 0
 
 

@@ -1,6 +1,6 @@
 """Training speed on a decoder: SmolLM2-135M-Instruct + LoRA on Alpaca, adaptune vs peft, identical batches.
 
-    .venv/bin/python benchmarks/train_speed_lm.py                       # fp32, 48 rows: about 10 minutes here
+    .venv/bin/python benchmarks/train_speed_lm.py                       # auto, 48 rows: about 10 minutes here
     .venv/bin/python benchmarks/train_speed_lm.py --precisions fp32 bf16 --variants plain fast
 
 The set-up of the issue: LoRA r=8, alpha 16, no dropout, on all seven projections (q, k, v, o, gate, up, down),
@@ -21,6 +21,11 @@ the next ``--dev-rows`` rows after training (``dev_metric``, lower is better), a
 bf16/fp32 matmul peak measured in the same run (``N``: the non-embedding parameters plus the LM head, forward ``2N``
 and backward to the inputs ``2N`` per token; frozen weights get no weight gradient). Records are upserted into
 ``benchmarks/results/train_speed.json`` (model ``HuggingFaceTB/SmolLM2-135M-Instruct``), and printed as a table.
+
+Precisions (``--precisions``, default ``auto``): fp32, and bf16 autocast as well where adaptune's matmul probe
+finds bf16 the faster precision on this host; both tools run at each. The headline pairs adaptune's fastest run
+with peft's faster one there and the fp32 runs elsewhere (``speed_report.headline``: ``headline_precision`` and
+``headline_why`` in every record, with the host).
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_common import autocast, folder_bytes, matmul_peak, optimizer_and_schedule, peak_rss_mb
+from speed_common import autocast, folder_bytes, optimizer_and_schedule, peak_rss_mb
+from speed_report import headline, run_precisions
+
+from adaptune.hardware import host_record, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_data.json"
@@ -76,7 +84,7 @@ def run_config(args: argparse.Namespace, precision: str, out_dir: str, variant: 
             "training": {
                 "epochs": 1,
                 **{k: HPARAMS[k] for k in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "seed")},
-                "bf16": precision == "bf16",
+                "precision": precision,  # as the record says, on any host (not training.precision's auto)
                 **VARIANTS[variant],
                 "progress": False,
                 "log_every": 1,
@@ -255,13 +263,33 @@ def upsert(records: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
 
 
+def print_headline(records: list[dict[str, Any]], pairs: dict[str, Any]) -> None:
+    """adaptune's fastest run against peft's faster one, over the headline precisions of this host."""
+    used = [r for r in records if r["precision"] in pairs["precisions"]]
+    ours = max((r for r in used if r["tool"] == "adaptune"), key=lambda r: r["tokens_per_s"], default=None)
+    peer = max((r for r in used if r["tool"] == "peft"), key=lambda r: r["tokens_per_s"], default=None)
+    if ours is None or peer is None:
+        return
+    print(
+        f"headline ({pairs['headline_precision']}): adaptune {ours['precision']} {ours['variant']} / peft "
+        f"{peer['precision']}: {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x tokens/s; {pairs['headline_why']}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=48, help="training rows (one epoch)")
     parser.add_argument("--dev-rows", type=int, default=16, help="held-out rows for the loss after training")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "fp32", "bf16"],
+        help="auto: fp32 and bf16 autocast where bf16 is the faster precision on this host, else fp32",
+    )
     parser.add_argument(
         "--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), help="adaptune runs (switches)"
     )
@@ -280,7 +308,9 @@ def main() -> None:
         return
     per_token = flops_per_token()
     records: list[dict[str, Any]] = []
-    for precision in args.precisions:
+    precisions = run_precisions(args.precisions)
+    pairs, host = headline(precisions), host_record(probe=True)
+    for precision in precisions:
         peak = matmul_peak(precision)
         runs = [("peft", "plain")] + [("adaptune", variant) for variant in args.variants]
         for tool, variant in runs:
@@ -317,6 +347,9 @@ def main() -> None:
                     "rows": args.rows,
                     "batch_size": args.batch,
                     "max_length": args.max_length,
+                    "headline_precision": pairs["headline_precision"],
+                    "headline_why": pairs["headline_why"],
+                    "host": host,
                 }
             )
             print(json.dumps(records[-1]), flush=True)
@@ -330,6 +363,7 @@ def main() -> None:
                 f"held-out loss {ours['dev_metric']} vs {peer['dev_metric']}",
                 flush=True,
             )
+    print_headline(records, pairs)
     if not args.no_save:
         upsert(records)
 

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+#: What the matmul probe reports while the suite runs, unless a test says otherwise: bf16 at half the fp32 rate,
+#: so ``precision: auto`` means fp32, as on a host without AMX (tests/test_precision.py forces the other way).
+SLOW_BF16 = {"fp32": 100.0, "bf16": 50.0}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pinned_matmul_probe() -> Iterator[None]:
+    """Pin :func:`adaptune.hardware.matmul_probe` to :data:`SLOW_BF16` through ``ADAPTUNE_MATMUL_PROBE`` (which
+    subprocesses inherit): no test measures the machine, and every run trains in fp32 as it did before
+    ``training.precision`` had an ``auto``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAPTUNE_MATMUL_PROBE", json.dumps(SLOW_BF16))
+        yield
 
 
 @pytest.fixture(scope="session")

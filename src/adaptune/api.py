@@ -6,6 +6,7 @@ import resource
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import RunConfig
 from adaptune.errors import ConfigError, DataError
 from adaptune.evaluation.report import write_eval_report
-from adaptune.inference import Predictor, run_model
+from adaptune.hardware import host_record
+from adaptune.inference import Predictor, model_device, run_model
 from adaptune.io import AdapterDescription, describe, save_adapter
 from adaptune.model import AdaptedModel
 from adaptune.registry import build_method, build_task
@@ -31,8 +33,9 @@ from adaptune.training.distributed import (
     distributed_session,
     gather_in_order,
 )
-from adaptune.training.logging import warn_before_training
+from adaptune.training.logging import tell_before_training, warn_before_training
 from adaptune.training.loop import Trainer, seed_everything
+from adaptune.training.precision import resolve_precision
 
 #: Data settings stored with an adapter so that ``adaptune eval`` reads files the way training did.
 READ_OPTIONS = {
@@ -242,9 +245,12 @@ def _train_in(
     dist: Distributed,
 ) -> TrainResult:
     """The body of :func:`train`, in the claimed output folder; rank 0 alone writes there."""
+    cfg, precision = resolve_precision(cfg, dist)  # decided once: every part below reads the decided config
     prep = prepare(cfg)
+    notes = [*prep.notes, f"precision {precision.reason}"]
     if dist.is_main:
         warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
+        tell_before_training(notes[-1:])
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
     model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels).to(dist.device)
     metric = cfg.training.metric if cfg.training.metric != "auto" else prep.task.default_metric
@@ -261,6 +267,7 @@ def _train_in(
         pad_id=int(tokenizer.pad_token_id),
         padding_side=tokenizer.padding_side,
         callbacks=callbacks or (),
+        precision=precision,
         data={
             name: data_digest(split.path, split.encoded)
             for name, split in prep.splits.items()
@@ -276,14 +283,16 @@ def _train_in(
         "best_step": fit.loop.best_step,
         "steps": fit.loop.step,
         "stopped_early": fit.loop.stopped_early,
-        "notes": prep.notes,
+        "notes": notes,
+        "precision": precision.record(),
+        "host": host_record(),
         "splits": {},
     }
     if at_start is not None:
         results["at_start"] = at_start
     for split in (s for name, s in prep.splits.items() if name != "train"):
         result, predictions = evaluate_split(model, split, cfg, dist)
-        extra = dist.on_main(lambda s=split: model.task.extra_evaluation(model, s.examples, out_dir, s.name))
+        extra = dist.on_main(lambda s=split: _extra_evaluation(model, cfg, s.examples, out_dir, s.name))
         result.headline.update(extra)
         if extra:  # generation metrics: in the split's report tables (eval_<split>.txt/.md) too
             result.report["generation"] = extra
@@ -301,7 +310,7 @@ def _train_in(
         results["nproc"] = dist.world
     dist.on_main(lambda: write_run_summary(out_dir, cfg, results, trainer))
     figures = (results["trainable_params"], fit.tokens_per_s, results["wall_s"])
-    return TrainResult(out_dir, adapter_dir, results, *figures, model=model, notes=prep.notes)
+    return TrainResult(out_dir, adapter_dir, results, *figures, model=model, notes=notes)
 
 
 #: The figures that follow the headline metric in :func:`headline_line`; for other metrics, the first other one.
@@ -341,12 +350,18 @@ def _evaluate_at_start(
         return kept  # type: ignore[no-any-return]
     result, _ = evaluate_split(model, dev, cfg, dist)
     headline = dict(result.headline)
-    headline.update(
-        dist.on_main(lambda: model.task.extra_evaluation(model, dev.examples, out_dir, f"{dev.name}_start"))
-    )
+    headline.update(dist.on_main(lambda: _extra_evaluation(model, cfg, dev.examples, out_dir, f"{dev.name}_start")))
     model.train()
     dist.on_main(lambda: atomic_write_json(previous, headline))
     return headline
+
+
+def _extra_evaluation(model: AdaptedModel, cfg: RunConfig, examples: list[Any], out_dir: Path, name: str) -> Any:
+    """The task's extra evaluation (generation metrics) at the run's precision: under bf16 autocast when it trains
+    in bf16, as evaluation's forward passes are (a bf16 base needs it)."""
+    bf16 = torch.autocast(model_device(model).type, dtype=torch.bfloat16) if cfg.training.bf16 else nullcontext()
+    with bf16:
+        return model.task.extra_evaluation(model, examples, out_dir, name)
 
 
 def _run_stats(model: AdaptedModel, tokens_per_s: float, wall_s: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from adaptune.cli_board import board
 from adaptune.cli_combine import combine
 from adaptune.cli_common import err_console, fail, input_name, read_inputs
 from adaptune.cli_generate import chat, generate
@@ -97,6 +98,29 @@ def train(
 DEVICE_HELP = "Where to run: auto (CUDA when torch sees one), cpu, cuda or cuda:N."
 
 
+class Precision(StrEnum):
+    """``--precision`` of predict, eval and serve (:func:`adaptune.hardware.choose_precision`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PRECISION_HELP = (
+    "auto: bf16 autocast where it is faster (a GPU with bf16, a CPU whose bf16 matmuls measure >= 1.3x fp32), "
+    "else fp32; or fp32, bf16."
+)
+
+
+class Quantize(StrEnum):
+    """``--quantize`` of predict, eval and serve (:mod:`adaptune.quantize`)."""
+
+    int8 = "int8"
+
+
+QUANTIZE_HELP = "int8: the base model's linear layers on int8 weights (CPU only; adapter and head stay float)."
+
+
 def _torchrun(nproc: int, argv: list[str]) -> int:
     """Run ``adaptune ARGV`` (without ``--nproc``) on ``nproc`` local processes under torchrun; its exit code."""
     import subprocess
@@ -132,13 +156,17 @@ def evaluate(
     ] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="Override the data format.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    quantize: Annotated[Quantize | None, typer.Option(help=QUANTIZE_HELP)] = None,
 ) -> None:
     """Evaluate an adapter on a labelled file: per-class (or entity-level) table, results JSON."""
     from adaptune.evaluation.report import report_tables, write_eval_report
     from adaptune.inference import Predictor
 
     try:
-        predictor = Predictor.load(adapter, device=device)
+        predictor = Predictor.load(
+            adapter, device=device, precision=precision.value, quantize=quantize.value if quantize else None
+        )
         overrides = {"format": data_format} if data_format else {}
         data_cfg = predictor.data.model_copy(update=overrides)
         examples = predictor.task.read(str(data), data_cfg, split="test")
@@ -176,13 +204,21 @@ def predict(
     ] = "-",
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    quantize: Annotated[Quantize | None, typer.Option(help=QUANTIZE_HELP)] = None,
 ) -> None:
     """Predict: JSONL out, one line per input line (labels and scores; NER: entity spans with character offsets)."""
     from adaptune.inference import Predictor
 
     try:
         lines = read_inputs(source)
-        predictor = Predictor.load(adapter, batch_size=batch_size, device=device)
+        predictor = Predictor.load(
+            adapter,
+            batch_size=batch_size,
+            device=device,
+            precision=precision.value,
+            quantize=quantize.value if quantize else None,
+        )
         try:
             outputs = predictor.predict(lines)
         except DataError as err:  # input i is line i + 1 (read_inputs refuses blank lines): name the file too
@@ -200,6 +236,7 @@ def predict(
 app.command()(generate)
 app.command()(chat)
 app.command()(combine)  # adaptune.cli_combine: several LoRA adapters into one
+app.command()(board)  # adaptune.cli_board: the web board (train, evaluate, try)
 
 
 @app.command()
@@ -477,16 +514,43 @@ def serve(
     padding_free: Annotated[
         bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
     ] = True,
+    max_loaded_adapters: Annotated[
+        int | None, typer.Option(min=1, help="Most adapters loaded at once; least recently used evicted first.")
+    ] = None,
+    adapter_memory_mb: Annotated[
+        float | None, typer.Option(help="Most MiB of adapter tensors loaded at once (LRU eviction beyond).")
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
+    quantize: Annotated[Quantize | None, typer.Option(help=QUANTIZE_HELP)] = None,
 ) -> None:
     """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs the server
     extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
     from adaptune.server import serve as run_server
     from adaptune.server.app import ServerSettings
 
-    settings = ServerSettings(max_batch, max_wait_ms, max_input_tokens, max_body_bytes, api_key, padding_free)
+    settings = ServerSettings(
+        max_batch,
+        max_wait_ms,
+        max_input_tokens,
+        max_body_bytes,
+        api_key,
+        padding_free,
+        max_loaded_adapters=max_loaded_adapters,
+        adapter_memory_mb=adapter_memory_mb,
+    )
     try:
-        run_server(str(base), adapters, host=host, port=port, settings=settings, threads=threads, device=device)
+        run_server(
+            str(base),
+            adapters,
+            host=host,
+            port=port,
+            settings=settings,
+            threads=threads,
+            device=device,
+            precision=precision.value,
+            quantize=quantize.value if quantize else None,
+        )
     except (AdaptuneError, FileNotFoundError) as err:
         fail(err)
 

@@ -175,7 +175,9 @@ def test_too_long_inputs_are_truncated_and_counted(tiny_bert: Path, tmp_path: Pa
     rows = [*INTENTS, ("please " * 40 + "refund me", "refund_request")]
     path = intents_file(tmp_path, rows=rows)
     result = train(config(tiny_bert, tmp_path, f"data.train={path}", "data.max_length=8", "training.max_steps=1"))
-    assert result.notes == ["train: 1 of 5 examples truncated to 8 tokens (37 tokens dropped)"]
+    truncation, precision = result.notes  # the data's notes, then the run's precision (tests/test_precision.py)
+    assert truncation == "train: 1 of 5 examples truncated to 8 tokens (37 tokens dropped)"
+    assert precision.startswith("precision fp32 (auto)")
     assert json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["notes"] == result.notes
 
 

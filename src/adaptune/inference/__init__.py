@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from adaptune.config import DataConfig, validate_config
 from adaptune.data.batching import eval_batches
 from adaptune.errors import AdapterFileError, ConfigError, DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate, stream
+from adaptune.hardware import PrecisionChoice, choose_precision, requested
 from adaptune.inference.errors import NonFiniteOutput
 from adaptune.io import CONFIG_FILE, WEIGHTS_FILE, AdapterFile, check_base, load_adapter
 from adaptune.methods.base import Mergeable
 from adaptune.model import AdaptedModel
+from adaptune.quantize import check_quantize, quantize_base
 from adaptune.registry import build_method, build_task, methods_with
 from adaptune.tasks.base import Encoded, EvalOutput
 
@@ -125,6 +127,12 @@ def merge_in_place(model: AdaptedModel) -> None:
     method.merge(model.backbone)
 
 
+def inference_precision(asked: str, device: torch.device) -> PrecisionChoice:
+    """:func:`~adaptune.hardware.choose_precision` for prediction: bf16 is autocast only, the base weights stay as
+    loaded (one base may serve many adapters)."""
+    return replace(choose_precision(asked, device), bf16_base=False)
+
+
 def build_model(backbone: Backbone, method_cfg: Any, task_cfg: Any, labels: list[str]) -> AdaptedModel:
     """Method and task from their configs, attached to ``backbone``, with a head for ``labels``."""
     return AdaptedModel(backbone, build_method(method_cfg), build_task(task_cfg), labels)
@@ -146,8 +154,11 @@ class Predictor:
         batch_size: int = 32,
         bf16: bool = False,
         name: str | None = None,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.name = name or "<in memory>"  # the adapter's folder, in messages
+        #: How :meth:`load` decided ``bf16`` (None for a predictor built directly).
+        self.precision = precision
         self.model = model.eval()
         self.description = description
         self.labels = list(model.labels)
@@ -168,6 +179,8 @@ class Predictor:
         bf16: bool = False,
         merge: bool = False,
         device: str = "auto",
+        precision: str = "auto",
+        quantize: str | None = None,
     ) -> Predictor:
         """Load an adapter folder onto its base model (or onto ``base``, which must be the same weights).
 
@@ -175,17 +188,26 @@ class Predictor:
         explicit ``merge()``, so prediction runs the plain base model plus the head (same outputs to float
         tolerance, no adapter cost per token); other methods are refused with a :class:`ConfigError` that lists
         the mergeable ones (:class:`~adaptune.methods.base.Mergeable`). ``device``: auto (CUDA when torch sees
-        one), cpu, cuda or cuda:N.
+        one), cpu, cuda or cuda:N. ``precision``: auto (bf16 autocast where :func:`~adaptune.hardware.choose_precision`
+        finds it faster: a GPU with bf16, a CPU with fast bf16 matmuls), fp32 or bf16; ``bf16=True`` asks for bf16
+        too. The weights stay as loaded (fp32); :attr:`precision` says what was chosen and why. ``quantize="int8"``
+        runs the base's linear layers on int8 weights, CPU only (:mod:`adaptune.quantize`): the adapter and the head
+        stay float, and with ``merge=True`` the merged weights are quantised.
         """
         from adaptune.training.distributed import resolve_device
 
         target = resolve_device(device)
+        check_quantize(quantize, target)
+        choice = inference_precision(requested(precision, bf16), target)
         adapter = load_adapter(path)
-        model = model_from_adapter(adapter, base=base)
+        model = model_from_adapter(adapter, base=base, quantize=None if merge else quantize)
         if merge:
             merge_in_place(model)
+            quantize_base(model.backbone, quantize, keep=model.stored_parameters().values())  # the merged weights
         model.to(target)
-        return cls(model, adapter.config, batch_size=batch_size, bf16=bf16, name=str(adapter.path))
+        return cls(
+            model, adapter.config, batch_size=batch_size, bf16=choice.bf16, name=str(adapter.path), precision=choice
+        )
 
     @property
     def pad_id(self) -> int:
@@ -270,8 +292,10 @@ class Predictor:
         return self.evaluate_examples(examples, str(path))[0]
 
 
-def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> AdaptedModel:
-    """Rebuild the trained model from an adapter file, checking that the base weights are the same."""
+def model_from_adapter(adapter: AdapterFile, *, base: str | None = None, quantize: str | None = None) -> AdaptedModel:
+    """Rebuild the trained model from an adapter file, checking that the base weights are the same; ``quantize``
+    ("int8") quantises the base once checked, before the adapter attaches to it
+    (:func:`~adaptune.quantize.quantize_base`)."""
     desc = adapter.config
     base_desc = desc["base_model"]
     base_cfg = {
@@ -290,6 +314,7 @@ def model_from_adapter(adapter: AdapterFile, *, base: str | None = None) -> Adap
     check_base(
         desc, BaseFingerprint(backbone.model), where=f"adapter {adapter.path}", this=f"'{model_cfg.name_or_path}'"
     )
+    quantize_base(backbone.model, quantize)
     return adapter_model(adapter, backbone)
 
 

@@ -81,3 +81,10 @@ class NonFiniteOutput(PredictorError):
     e.g. from a training run that diverged. Raised instead of answering a NaN score (which JSON cannot carry)."""
 
     kind = "non_finite_output"
+
+
+class AdapterTooLarge(PredictorError):
+    """An adapter whose loaded tensors alone take more than the predictor's adapter memory budget
+    (``max_memory_mb``, ``adaptune serve --adapter-memory-mb``): it can never be loaded within it."""
+
+    kind = "adapter_too_large"

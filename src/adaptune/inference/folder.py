@@ -13,6 +13,10 @@ model other adapters use. Then, by what the method and the task declare (never b
   its copy with the method attached, a private :class:`~adaptune.model.AdaptedModel`; its rows run as a group
   (one forward per such adapter per batch). Tensors the method overwrites in the base (BitFit's biases) are
   private clones.
+
+Before any of that, :func:`read_listing` reads an adapter folder's :class:`Listing` from its ``adapter_config.json``
+alone (no tensors): name, method, task and labels, checked against the base, and the task bound to the base, which
+is all that parsing and tokenising a request needs; the predictor loads the weights (an :class:`Entry`) on first use.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from typing import Any
 from torch import nn
 
 from adaptune.backbone import Backbone
+from adaptune.config import validate_config
 from adaptune.errors import AdapterFileError, ConfigError
 from adaptune.inference import adapter_model, load_adapter_state
-from adaptune.inference.errors import AdapterNameError, AdapterRefused
+from adaptune.inference.errors import AdapterNameError, AdapterNotFound, AdapterRefused
 from adaptune.io import CONFIG_FILE, AdapterFile, BaseMismatch, check_base, load_adapter, read_adapter_config
 from adaptune.methods.base import PerRowBatched, PerRowPart, changes_inputs
 from adaptune.model import AdaptedModel
-from adaptune.registry import task_registration
+from adaptune.registry import build_task, task_registration
 from adaptune.tasks.base import Task
 
 #: Allowed adapter names: a folder name directly inside the adapters folder, nothing that walks out of it.
@@ -75,23 +80,11 @@ def structural_copy(model: nn.Module, private: frozenset[int] = frozenset()) -> 
     return copy.deepcopy(model, memo)
 
 
-@dataclass
-class Entry:
-    """One loaded adapter: its description, task, labels and head, and how the predictor runs it.
+class _Described:
+    """What an adapter's config says, for :class:`Entry` and :class:`Listing` (both have ``config`` and ``task``)."""
 
-    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its ``parts`` live in the
-    shared layers); 0 when it runs on its private ``model``.
-    """
-
-    name: str
-    path: Path
     config: dict[str, Any]
     task: Task[Any]
-    head: nn.Module
-    labels: list[str]
-    model: AdaptedModel | None = None
-    index: int = 0
-    parts: list[PerRowPart] = field(default_factory=list)
 
     @property
     def task_name(self) -> str:
@@ -110,9 +103,32 @@ class Entry:
     def max_length(self) -> int:
         return int(self.config["max_length"])
 
+
+@dataclass
+class Entry(_Described):
+    """One loaded adapter: its description, task, labels and head, and how the predictor runs it.
+
+    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its ``parts`` live in the
+    shared layers); 0 when it runs on its private ``model``.
+    """
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    task: Task[Any]
+    head: nn.Module
+    labels: list[str]
+    model: AdaptedModel | None = None
+    index: int = 0
+    parts: list[PerRowPart] = field(default_factory=list)
+
     @property
     def per_row(self) -> bool:
         return self.model is None
+
+    @property
+    def batching(self) -> str:
+        return "per-row" if self.per_row else "grouped"
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/adapters`` shows."""
@@ -122,7 +138,47 @@ class Entry:
             "task": self.task_name,
             "labels": self.labels,
             "max_length": self.max_length,
-            "batching": "per-row" if self.per_row else "grouped",
+            "batching": self.batching,
+        }
+
+
+@dataclass
+class Listing(_Described):
+    """One adapter of the folder as the predictor lists it, loaded or not: read from its config alone
+    (:func:`read_listing`), with the task that parses and tokenises its requests.
+
+    ``entry``: its weights while they are loaded (None when not loaded, or evicted); ``last_used``: when a request
+    (or a load) last named it, on the predictor's clock (the least recently used is evicted first); ``nbytes``: its
+    loaded tensors' bytes, measured at its last load (None before); ``batching``: per-row or grouped, known once
+    loaded.
+    """
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    task: Task[Any]
+    labels: list[str]
+    entry: Entry | None = None
+    last_used: int = 0
+    nbytes: int | None = None
+    batching: str | None = None
+
+    @property
+    def file_bytes(self) -> int:
+        """Size of its tensor file, from the config (an estimate of :attr:`nbytes` before it is measured)."""
+        return int(self.config["weights"]["bytes"])
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/adapters`` shows: :meth:`Entry.describe`, whether it is loaded and its bytes."""
+        return {
+            "name": self.name,
+            "method": self.method_name,
+            "task": self.task_name,
+            "labels": self.labels,
+            "max_length": self.max_length,
+            "batching": self.entry.batching if self.entry is not None else self.batching,
+            "loaded": self.entry is not None,
+            "bytes": self.nbytes,
         }
 
 
@@ -139,6 +195,31 @@ def read_compatible(path: Path, base_fingerprint: str | Callable[[str], str]) ->
     except BaseMismatch as err:
         raise AdapterRefused(str(err)) from None
     return config
+
+
+def read_listing(name: str, folder: Path, template: Backbone, base_fingerprint: str | Callable[[str], str]) -> Listing:
+    """Adapter ``name`` of ``folder`` from its config alone (no tensors): checked against the base
+    (:func:`read_compatible`), its tensor file's size checked, its method and task configs validated, its task built
+    and bound to ``template``.
+    :class:`AdapterNameError` for a name that leaves ``folder``, :class:`AdapterNotFound` for no such folder,
+    :class:`AdapterRefused` for a folder this base or this adaptune cannot serve."""
+    path = adapter_path(folder, name)
+    if not path.is_dir():
+        raise AdapterNotFound(f"no adapter folder {name!r} in the adapters folder")
+    config = read_compatible(path, base_fingerprint)
+    weights, size = path / config["weights"]["file"], config["weights"]["bytes"]
+    found = weights.stat().st_size if weights.is_file() else None
+    if found != size:  # cheap (no read); the SHA-256 is checked when the weights load
+        state = "missing" if found is None else f"truncated or corrupt: {found} bytes, config records {size} bytes"
+        raise AdapterRefused(f"{weights} is {state}")
+    try:
+        run = validate_config({"method": config["method"], "task": config["task"]})
+        task = build_task(run.task)
+        task.bind(replace(template, pooling=config["pooling"]))
+        task.load_learned_state(config.get("task_state", {}))
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise AdapterRefused(f"{path / CONFIG_FILE} cannot be used by this adaptune: {err}") from None
+    return Listing(name, path, config, task, list(config["labels"]))
 
 
 def build_entry(name: str, path: Path, template: Backbone, base_fingerprint: str | Callable[[str], str]) -> Entry:

@@ -19,9 +19,20 @@ Generation (:meth:`MultiPredictor.generate_jobs`) takes the requests that arrive
 then those of one adapter with the same ``chat`` flag and decoding settings go through
 :func:`adaptune.generation.generate_requests` in one batch (seeded sampled requests alone).
 
+Adapters load on first use: at start-up every folder is listed from its config alone
+(:class:`~adaptune.inference.folder.Listing`: name, method, task, labels; refusals recorded), so requests are checked
+(unknown adapter, wrong task kind, input limits) before any weights load; the weights load when a batch first needs
+them (a cold load, on the thread running the batch), ``load_all`` loads them now. With ``max_loaded`` and/or
+``max_memory_mb`` the loaded adapters are a least-recently-used set within those limits
+(:mod:`adaptune.inference.residency`): a cold load evicts the least recently used adapters that the batch does not
+use, and a batch that needs more adapters than fit together runs as several forward passes, one per group that fits,
+so no forward pass ever has an adapter evicted from under it. An evicted adapter keeps its listing: its queued rows
+and next requests simply load it again.
+
 Routing is by what a task predicts (:data:`~adaptune.tasks.base.TaskKind`), never by its name. Refusals are the
 exception types of :mod:`adaptune.inference.errors`. The predictor is thread-safe: forward passes and adapter
-(un)loading hold one lock; tokenisation holds another (fast tokenizers must not be used by two threads at once).
+(un)loading hold one lock (so a load or eviction never happens during a forward pass); tokenisation holds another
+(fast tokenizers must not be used by two threads at once).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,11 +51,9 @@ from adaptune.backbone import BaseFingerprint, load_backbone
 from adaptune.config import ModelConfig
 from adaptune.errors import DataError
 from adaptune.generation import Generation, GenerationConfig, Prompt, generate_requests, prompt_tokens, stream
-from adaptune.inference import check_finite, run_model, to_device
+from adaptune.inference import check_finite, inference_precision, run_model, to_device
+from adaptune.inference.adapter_set import AdapterSet
 from adaptune.inference.errors import (
-    AdapterAlreadyLoaded,
-    AdapterNotFound,
-    AdapterRefused,
     AdapterUnloaded,
     InvalidInput,
     LimitExceeded,
@@ -51,23 +61,32 @@ from adaptune.inference.errors import (
     PredictorError,
     WrongTask,
 )
-from adaptune.inference.folder import Entry, adapter_path, build_entry, check_name, discover, structural_copy
+from adaptune.inference.folder import Entry, Listing, structural_copy
 from adaptune.inference.jobs import GenerationJob, job_batches
+from adaptune.inference.residency import Residency
 from adaptune.model import BACKBONE_INPUTS, head_embeds_inputs
 from adaptune.padding_free import packed_forward, packing_of, worth_packing
 from adaptune.padding_free import supports as supports_padding_free
 from adaptune.per_row import MultiAdapterLayers
 from adaptune.positions import positions_from_mask
+from adaptune.quantize import check_quantize, quantize_base
 from adaptune.tasks.base import Encoded, TaskKind
 
 
 @dataclass
 class Row:
-    """One input of one request, parsed and tokenised for its adapter."""
+    """One input of one request, parsed and tokenised for its adapter (``adapter``: its listing)."""
 
-    entry: Entry
+    adapter: Listing
     example: Any
     encoded: Encoded
+
+    @property
+    def entry(self) -> Entry:
+        """The adapter's loaded weights (a running batch has loaded them)."""
+        if self.adapter.entry is None:
+            raise AdapterUnloaded(f"adapter {self.adapter.name!r} is not loaded")
+        return self.adapter.entry
 
 
 #: Called after each forward batch with (rows, rows per adapter name).
@@ -98,9 +117,18 @@ class MultiPredictor:
         base: hub id or folder of the base model (packaged models resolve offline, see :mod:`adaptune.backbone`).
         adapters_dir: folder whose sub-folders are adapters; only these can ever be loaded.
         max_input_tokens: longest input (in tokens, special tokens included) a request may carry (512).
-        load_all: load every adapter of the folder now (True); incompatible ones are listed in :attr:`refused`.
+        load_all: load every adapter of the folder now, as far as the limits allow (True); else each loads on first
+            use. Either way every folder is listed now (:attr:`available`); incompatible ones go to :attr:`refused`.
+        max_loaded: most adapters loaded at once (None: no limit); the least recently used is evicted.
+        max_memory_mb: most MiB of adapter tensors loaded at once (None: no limit; see
+            :func:`~adaptune.inference.residency.entry_bytes`); an adapter larger alone is refused
+            (:class:`AdapterTooLarge`).
         padding_free: run shared forward passes on the batch's real tokens only (:mod:`adaptune.padding_free`)
             when the base supports it (encoders); the same results, less work for batches of mixed lengths.
+        precision: auto (bf16 autocast where :func:`~adaptune.hardware.choose_precision` finds it faster), fp32
+            or bf16; the base weights stay as loaded. :attr:`precision` says what was chosen and why.
+        quantize: "int8": the shared base's linear layers run on int8 weights (CPU only, :mod:`adaptune.quantize`),
+            quantised once here, before any adapter loads; adapters attach to them and stay float, as do heads.
     """
 
     def __init__(
@@ -112,17 +140,24 @@ class MultiPredictor:
         load_all: bool = True,
         padding_free: bool = True,
         device: str = "auto",
+        max_loaded: int | None = None,
+        max_memory_mb: float | None = None,
+        precision: str = "auto",
+        quantize: str | None = None,
     ) -> None:
         from adaptune.training.distributed import resolve_device
 
         self.device = resolve_device(device)
+        check_quantize(quantize, self.device)
+        self.precision = inference_precision(precision, self.device)
         self.base_name = base
         self.folder = Path(adapters_dir)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"adapters folder {self.folder} does not exist")
         self.backbone = load_backbone(ModelConfig(name_or_path=base))
         self.backbone.model.to(self.device)  # before the copies below, which share its tensors
-        self.fingerprint = BaseFingerprint(self.backbone.model)
+        self.fingerprint = BaseFingerprint(self.backbone.model, now=quantize is not None)  # int8 drops the weights
+        self.quantized = quantize_base(self.backbone.model, quantize)  # the int8 layers' names (none in float)
         # hook-free module tree sharing the base tensors, what every adapter's own copy is made from; its own
         # tokenizer (methods may tokenise at attach) so that loading never races the requests' tokenisation
         self.template = replace(
@@ -133,121 +168,83 @@ class MultiPredictor:
         self.layers = MultiAdapterLayers(self.backbone.model)
         self.padding_free = padding_free and supports_padding_free(self.backbone.model)
         self.max_input_tokens = max_input_tokens
-        self.entries: dict[str, Entry] = {}
-        self.refused: dict[str, str] = {}
+        self.adapters = AdapterSet(
+            self.folder, self.template, self.fingerprint, self.layers, Residency(max_loaded, max_memory_mb)
+        )
+        self.residency = self.adapters.residency
+        #: Every adapter that can be served, loaded or not, by name; :attr:`entries` are those loaded.
+        self.available: dict[str, Listing] = self.adapters.available
+        self.entries: dict[str, Entry] = self.adapters.entries
+        self.refused: dict[str, str] = self.adapters.refused
         self.observers: list[BatchObserver] = []
         self.generation_observers: list[GenerationObserver] = []
-        self._next_index = 1
-        self._model_lock = threading.RLock()
+        self._model_lock = self.adapters.lock
         self._token_lock = threading.Lock()
         if load_all:
-            self.load_all()
+            self.load_all()  # lists the folder first
+        else:
+            self.scan()
 
-    # -- adapters -------------------------------------------------------------------------------------------
+    # -- adapters (their life cycle: adaptune.inference.adapter_set) --------------------------------------------
+    def scan(self) -> None:
+        """List every adapter folder not listed yet, from its config alone; record why the others are refused."""
+        self.adapters.scan()
+
     def load_all(self) -> None:
-        """Load every adapter folder not loaded yet; record why the others are refused."""
-        for name in discover(self.folder):
-            if name in self.entries:
-                continue
-            try:
-                self._load(name)
-            except PredictorError as err:
-                self.refused[name] = err.message
+        """Load every listed adapter not loaded yet, as far as the limits allow without evicting (new folders are
+        listed first); record why the others are refused."""
+        self.adapters.load_all()
 
     def load(self, name: str) -> Entry:
-        """Load adapter ``name`` from the adapters folder (:class:`AdapterAlreadyLoaded` if it is loaded)."""
-        return self._load(name)
-
-    def _load(self, name: str) -> Entry:
-        if name in self.entries:
-            raise AdapterAlreadyLoaded(f"adapter {name!r} is already loaded (use reload)")
-        entry = self._build(name)
-        with self._model_lock:
-            if name in self.entries:
-                raise AdapterAlreadyLoaded(f"adapter {name!r} is already loaded (use reload)")
-            self._register(entry)
-        return entry
+        """Load adapter ``name`` now, listing it again from its folder if it was unloaded or is new
+        (:class:`AdapterAlreadyLoaded` if it is loaded). It becomes the most recently used; it is not pinned."""
+        return self.adapters.load(name)
 
     def unload(self, name: str) -> None:
-        """Forget adapter ``name``; rows of it still queued are answered with :class:`AdapterUnloaded`."""
-        with self._model_lock:
-            self._unregister(self._entry(name))
+        """Stop serving adapter ``name`` until :meth:`load` (or :meth:`reload`): its weights are unloaded, its
+        rows still queued are answered with :class:`AdapterUnloaded`, new requests with :class:`AdapterNotFound`."""
+        self.adapters.unload(name)
 
     def reload(self, name: str) -> Entry:
-        """Read adapter ``name`` again from disk and swap it in atomically (loads it if it was not loaded)."""
-        entry = self._build(name)
-        with self._model_lock:
-            old = self.entries.get(name)
-            if old is not None:
-                self._unregister(old)
-            self._register(entry)
-        return entry
+        """Read adapter ``name`` again from disk and swap it in atomically, loaded (lists it if it was not)."""
+        return self.adapters.reload(name)
 
     def get(self, name: str) -> Entry:
-        """The loaded adapter ``name``: :class:`AdapterNameError` for a name that is not a plain folder name,
-        :class:`AdapterNotFound` if it is not loaded."""
-        return self._entry(name)
-
-    def _entry(self, name: str) -> Entry:
-        check_name(name)
-        entry = self.entries.get(name)
-        if entry is None:
-            raise AdapterNotFound(f"adapter {name!r} is not loaded (GET /v1/adapters lists them)")
-        return entry
-
-    def _build(self, name: str) -> Entry:
-        path = adapter_path(self.folder, name)
-        if not path.is_dir():
-            raise AdapterNotFound(f"no adapter folder {name!r} in the adapters folder")
-        try:
-            entry = build_entry(name, path, self.template, self.fingerprint)
-        except AdapterRefused as err:
-            self.refused[name] = str(err)
-            raise AdapterRefused(f"adapter {name!r} refused: {err}") from None
-        self.refused.pop(name, None)
-        return entry
-
-    def _register(self, entry: Entry) -> None:
-        if entry.per_row:
-            entry.index = self._next_index
-            self._next_index += 1
-            self.layers.add(entry.index, entry.parts)
-        self.entries[entry.name] = entry
-
-    def _unregister(self, entry: Entry) -> None:
-        if entry.per_row:
-            self.layers.remove(entry.index)
-        del self.entries[entry.name]
+        """Adapter ``name``'s loaded weights, loading them if need be: :class:`AdapterNameError` for a name that
+        is not a plain folder name, :class:`AdapterNotFound` if no such adapter is listed."""
+        return self.adapters.loaded(self.adapters.listing(name))
 
     # -- requests -------------------------------------------------------------------------------------------
     def prepare(self, name: str, items: Sequence[str | dict[str, Any]], kind: TaskKind | None = None) -> list[Row]:
         """Parse and tokenise ``items`` for adapter ``name``; every problem is a :class:`PredictorError` raised
         here, before any batching, so a bad request never reaches a batch. ``kind``: the task kind the call
         serves (``classify``, ``tag``); adapters of a ``generate`` task never join the forward batch."""
-        entry = self._entry(name)
-        if entry.kind == "generate" or (kind is not None and entry.kind != kind):
+        listing = self.adapters.listing(name)
+        if listing.kind == "generate" or (kind is not None and listing.kind != kind):
             serves = repr(kind) if kind is not None else "forward-pass"
             raise WrongTask(
-                f"adapter {name!r} is a {entry.task_name} adapter (kind {entry.kind!r}); this endpoint serves "
+                f"adapter {name!r} is a {listing.task_name} adapter (kind {listing.kind!r}); this endpoint serves "
                 f"{serves} adapters"
             )
+        self.residency.check_size(listing)
+        self.residency.touch(listing)  # queued rows keep their adapter among the most recently used
         rows = []
         for index, item in enumerate(items):
             try:
-                example = entry.task.without_labels(entry.task.parse_input(item))
+                example = listing.task.without_labels(listing.task.parse_input(item))
             except DataError as err:
                 raise InvalidInput(f"inputs[{index}]: {err}") from None
-            rows.append(Row(entry, example, self._encode(entry, example, index)))
+            rows.append(Row(listing, example, self._encode(listing, example, index)))
         return rows
 
-    def _encode(self, entry: Entry, example: Any, index: int) -> Encoded:
+    def _encode(self, listing: Listing, example: Any, index: int) -> Encoded:
         """Tokenise as the offline Predictor does; refuse an input longer than ``max_input_tokens``."""
         tokenizer = self.backbone.tokenizer
         with self._token_lock:
-            encoded: Encoded = entry.task.encode(example, tokenizer, [], entry.max_length)
+            encoded: Encoded = listing.task.encode(example, tokenizer, [], listing.max_length)
             length = len(encoded)
             if encoded.truncated or length > self.max_input_tokens:  # count the whole input, not the kept part
-                length = len(entry.task.encode(example, tokenizer, [], 1 << 30))
+                length = len(listing.task.encode(example, tokenizer, [], 1 << 30))
         if length > self.max_input_tokens:
             raise LimitExceeded(
                 f"inputs[{index}] has {length} tokens; this server's max_input_tokens is {self.max_input_tokens}",
@@ -266,29 +263,50 @@ class MultiPredictor:
     def run(self, rows: Sequence[Row]) -> list[dict[str, Any] | PredictorError]:
         """Answer every row: per-row adapters in one forward of the base, the others grouped by adapter.
 
-        A row whose adapter was unloaded (or reloaded) after it was prepared is answered with
-        :class:`AdapterUnloaded`; the rows of an adapter that gives non-finite scores with :class:`NonFiniteOutput`.
+        Adapters not loaded are loaded first (evicting least recently used ones the batch does not need); when the
+        batch's adapters do not fit the limits together, each group that fits runs in turn
+        (:meth:`~adaptune.inference.residency.Residency.groups`). A row whose adapter was unloaded (or reloaded)
+        after it was prepared is answered with :class:`AdapterUnloaded`, one whose adapter fails to load with that
+        error; the rows of an adapter that gives non-finite scores with :class:`NonFiniteOutput`.
         """
         results: list[Any] = [
-            AdapterUnloaded(f"adapter {r.entry.name!r} was unloaded while the request waited") for r in rows
+            AdapterUnloaded(f"adapter {r.adapter.name!r} was unloaded while the request waited") for r in rows
         ]
-        with self._model_lock, torch.no_grad():
-            live = [i for i, r in enumerate(rows) if self.entries.get(r.entry.name) is r.entry]
-            shared = [i for i in live if rows[i].entry.per_row]
-            if shared:
-                self._run_shared(rows, shared, results)
-            grouped: dict[str, list[int]] = {}
-            for i in live:
-                if not rows[i].entry.per_row:
-                    grouped.setdefault(rows[i].entry.name, []).append(i)
-            for positions in grouped.values():
-                self._run_private(rows, positions, results)
+        with self._model_lock, torch.no_grad(), self._autocast():
+            live = [i for i, r in enumerate(rows) if self.available.get(r.adapter.name) is r.adapter]
+            for group in self.residency.groups(list({rows[i].adapter.name: rows[i].adapter for i in live}.values())):
+                ready = self._load_group(group, rows, live, results)
+                shared = [i for i in ready if rows[i].entry.per_row]
+                if shared:
+                    self._run_shared(rows, shared, results)
+                grouped: dict[str, list[int]] = {}
+                for i in ready:
+                    if not rows[i].entry.per_row:
+                        grouped.setdefault(rows[i].entry.name, []).append(i)
+                for positions in grouped.values():
+                    self._run_private(rows, positions, results)
+            self.adapters.trim()  # a group measured larger than planned ran over the limits
         counts: dict[str, int] = {}
         for row in rows:
-            counts[row.entry.name] = counts.get(row.entry.name, 0) + 1
+            counts[row.adapter.name] = counts.get(row.adapter.name, 0) + 1
         for observe in self.observers:
             observe(len(rows), counts)
         return results
+
+    def _load_group(self, group: list[Listing], rows: Sequence[Row], live: list[int], results: list[Any]) -> list[int]:
+        """Load the adapters of ``group`` (evicting none of them); the positions in ``live`` of the rows of
+        ``group``'s adapters, except those whose adapter failed to load (they get its error)."""
+        keep = {listing.name for listing in group}
+        failed: dict[str, PredictorError] = {}
+        for listing in group:
+            try:
+                self.adapters.resident(listing, keep, "request")
+            except PredictorError as err:
+                failed[listing.name] = err
+        for i in live:
+            if rows[i].adapter.name in failed:
+                results[i] = failed[rows[i].adapter.name]
+        return [i for i in live if rows[i].adapter.name in keep and rows[i].adapter.name not in failed]
 
     def _run_shared(self, rows: Sequence[Row], positions: list[int], results: list[Any]) -> None:
         """One forward pass of the shared base for rows of many adapters, then each adapter's head and task."""
@@ -410,7 +428,8 @@ class MultiPredictor:
         entry, chat = batch[0][1], jobs[batch[0][0]].chat
         assert entry.model is not None
         try:
-            outs = generate_requests(entry.model, [(jobs[i].prompts, jobs[i].config) for i, _ in batch], chat=chat)
+            with self._autocast():
+                outs = generate_requests(entry.model, [(jobs[i].prompts, jobs[i].config) for i, _ in batch], chat=chat)
         except Exception as err:
             if len(batch) == 1:
                 results[batch[0][0]] = err
@@ -427,11 +446,26 @@ class MultiPredictor:
         """The text of one prompt in pieces (:func:`adaptune.generation.stream`), checked like :meth:`generate_jobs`."""
         entry = self._generation_entry(name, [prompt], chat)
         assert entry.model is not None
-        return stream(entry.model, prompt, config, chat=chat)
+        return self._each_under_autocast(stream(entry.model, prompt, config, chat=chat))
+
+    def _autocast(self) -> Any:
+        """bf16 autocast on the predictor's device when :attr:`precision` chose bf16 (thread-local: entered
+        around each piece of work, on the thread doing it)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision.bf16 else nullcontext()
+
+    def _each_under_autocast(self, pieces: Iterator[str]) -> Iterator[str]:
+        """``pieces`` with each step under :meth:`_autocast`, so a stream resumed on other threads (a server's
+        thread pool) is autocast on each of them."""
+        while True:
+            with self._autocast():
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     def count_tokens(self, name: str, text: str) -> int:
         """Tokens of ``text`` (no special tokens) for adapter ``name``'s tokenizer (streamed usage figures)."""
-        entry = self._entry(name)
+        entry = self.get(name)
         tokenizer = entry.model.info.tokenizer if entry.model is not None else self.backbone.tokenizer
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -440,10 +474,11 @@ class MultiPredictor:
         :func:`adaptune.generation.prompt_tokens`) against ``max_input_tokens``.
 
         Runs on the generation thread: the adapter's own tokenizer is used by that thread only."""
-        entry = self._entry(name)
-        if entry.kind != "generate" or entry.model is None:
+        listing = self.adapters.listing(name)
+        entry = self.adapters.loaded(listing) if listing.kind == "generate" else None  # checked before any load
+        if entry is None or entry.model is None:
             raise WrongTask(
-                f"adapter {name!r} is a {entry.task_name} adapter (kind {entry.kind!r}); generation needs an "
+                f"adapter {name!r} is a {listing.task_name} adapter (kind {listing.kind!r}); generation needs an "
                 "adapter of a generating task"
             )
         for index, length in enumerate(prompt_tokens(entry.model, prompts, chat=chat)):
@@ -456,9 +491,11 @@ class MultiPredictor:
 
     # -- facts ----------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Loaded adapters and refused folders with the reason (``GET /v1/adapters``)."""
+        """Every listed adapter (loaded or not), refused folders with the reason, and the limits with what is
+        loaded (``GET /v1/adapters``)."""
         return {
             "base": self.base_name,
-            "adapters": [self.entries[name].describe() for name in sorted(self.entries)],
+            "adapters": [listing.describe() for _, listing in sorted(self.available.items())],
             "refused": [{"name": name, "reason": reason} for name, reason in sorted(self.refused.items())],
+            "budget": self.residency.describe(),
         }

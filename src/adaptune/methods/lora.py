@@ -152,13 +152,15 @@ class LoRA(nn.Module):
         return self.magnitude / norm
 
     def adapt(
-        self, x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+        self, x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """The host's output ``out = W0 x + b`` ``(..., out_dim)`` -> the adapted output (unchanged when merged)."""
+        """The host's output ``out = W0 x + b`` ``(..., out_dim)`` -> the adapted output (unchanged when merged).
+        Only DoRA reads the host's ``weight`` (plain LoRA may get None: an int8 host, :mod:`adaptune.quantize`)."""
         if self.merged:
             return out
         if self.magnitude is None:
             return self._add_update(x, out)
+        assert weight is not None, "DoRA needs the host's weight"
         delta = self(x)
         base = out if bias is None else out - bias
         adapted = self.dora_scale(weight) * (base + delta)
@@ -274,7 +276,8 @@ class MultiLoRA(SlotKernel[LoRAWeights]):
 
 def _adapter_hook(lora: LoRA, host: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def combine(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return lora.adapt(x, out, weight_out_in(host), bias_of(host))
+        dora = lora.magnitude is not None and not lora.merged  # only DoRA reads the host's (float) weight
+        return lora.adapt(x, out, weight_out_in(host) if dora else None, bias_of(host))
 
     return combine
 

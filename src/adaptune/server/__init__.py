@@ -21,10 +21,18 @@ if TYPE_CHECKING:
 
 
 def build_app(
-    base: str, adapters: str | Path, settings: ServerSettings | None = None, *, device: str = "auto"
+    base: str,
+    adapters: str | Path,
+    settings: ServerSettings | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    quantize: str | None = None,
 ) -> FastAPI:
-    """Load ``base`` once (on ``device``: auto, cpu, cuda, cuda:N) and every compatible adapter of ``adapters``;
-    return the FastAPI app serving them."""
+    """Load ``base`` once (on ``device``: auto, cpu, cuda, cuda:N) and list every compatible adapter of
+    ``adapters`` (each loads on first use, within ``settings``' adapter limits); return the FastAPI app serving them
+    (``precision``: auto, fp32 or bf16; ``quantize``: None or "int8"; see
+    :class:`~adaptune.inference.multi.MultiPredictor`)."""
     from adaptune.inference.multi import MultiPredictor
     from adaptune.server.app import ServerSettings, create_app
 
@@ -35,6 +43,11 @@ def build_app(
         max_input_tokens=settings.max_input_tokens,
         padding_free=settings.padding_free,
         device=device,
+        load_all=False,  # every adapter is listed now and loads on first use
+        max_loaded=settings.max_loaded_adapters,
+        max_memory_mb=settings.adapter_memory_mb,
+        precision=precision,
+        quantize=quantize,
     )
     return create_app(predictor, settings)
 
@@ -49,6 +62,8 @@ def serve(
     log_level: str = "info",
     threads: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
+    quantize: str | None = None,
 ) -> None:
     """Build the app (:func:`build_app`) and run it on uvicorn until interrupted; ``threads`` sets torch's
     intra-op threads (a busy or small machine serves faster with fewer threads than cores)."""
@@ -58,7 +73,8 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
 
-    uvicorn.run(build_app(base, adapters, settings, device=device), host=host, port=port, log_level=log_level)
+    app = build_app(base, adapters, settings, device=device, precision=precision, quantize=quantize)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 __all__ = ["build_app", "serve"]

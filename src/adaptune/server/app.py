@@ -12,6 +12,10 @@ the most prompts decoded together), tokens per input (``max_input_tokens``), req
 (``max_body_bytes``, 413); ``max_wait_ms`` is how long a micro-batch (classify/tag rows, or non-streaming
 generation requests) waits for more. With ``api_key`` set, everything except ``/health`` and ``/openapi.json``
 (``/docs`` and ``/redoc`` included) needs ``Authorization: Bearer <key>`` (else 401).
+
+Adapters load on first use; ``max_loaded_adapters`` and ``adapter_memory_mb`` bound how many stay loaded (the least
+recently used is evicted first, :mod:`adaptune.inference.residency`). ``load`` loads one now (not pinned: it can be
+evicted later), ``unload`` stops serving it until ``load`` or ``reload``.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 500, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 500, 503, 507)
 }
 
 
@@ -79,6 +83,9 @@ class ServerSettings:
     max_body_bytes: int = 1_000_000
     api_key: str | None = None
     padding_free: bool = True  # shared forward passes on real tokens only (encoders; adaptune.padding_free)
+    # adapters loaded at once, least recently used evicted beyond (None: no limit); used by build_app
+    max_loaded_adapters: int | None = None
+    adapter_memory_mb: float | None = None
 
 
 class BodyLimit:
@@ -229,8 +236,14 @@ class Service:
         self.settings = settings
         engine.max_input_tokens = settings.max_input_tokens  # one source for the limit
         self.batcher = MicroBatcher(engine.run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
-        self.metrics = ServingMetrics(lambda: float(len(engine.entries)), lambda: float(self.batcher.queued))
+        self.metrics = ServingMetrics(
+            lambda: float(len(engine.entries)),
+            lambda: float(self.batcher.queued),
+            adapter_bytes=lambda: float(engine.residency.loaded_bytes),
+            available_adapters=lambda: float(len(engine.available)),
+        )
         engine.observers.append(self.metrics.observe_batch)
+        engine.residency.observers.append(self.metrics.observe_adapter)
         self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-tokenize")
         self.generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-generate")
         # non-streaming generation requests arriving within max_wait_ms, decoded together on the generation thread
@@ -366,16 +379,18 @@ def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health() -> Health:
         """Liveness: the base is loaded and the server answers."""
-        return Health(status="ok", base=service.engine.base_name, adapters=len(service.engine.entries))
+        return Health(status="ok", base=service.engine.base_name, adapters=len(service.engine.available))
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["ops"])
     async def metrics() -> PlainTextResponse:
-        """Prometheus text format: requests, errors, latency, batch sizes, adapters per batch, loaded adapters."""
+        """Prometheus text format: requests, errors, latency, batch sizes, adapters per batch, loaded adapters,
+        adapter loads (and their seconds) and evictions."""
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/adapters", response_model=AdapterList, responses=ERRORS, dependencies=auth, tags=["adapters"])
     async def adapters() -> AdapterList:
-        """Loaded adapters (name, method, task, labels, per-row or grouped batching) and refused folders."""
+        """Every adapter served (name, method, task, labels, per-row or grouped batching, loaded or not, its
+        tensor bytes once loaded), refused folders, and the adapter budget with what is loaded."""
         return AdapterList(**service.engine.describe())
 
     for action in ("load", "unload", "reload"):

@@ -10,6 +10,7 @@ from adaptune.inference.errors import (
     AdapterNameError,
     AdapterNotFound,
     AdapterRefused,
+    AdapterTooLarge,
     AdapterUnloaded,
     InvalidInput,
     LimitExceeded,
@@ -53,6 +54,7 @@ STATUS: dict[type[PredictorError], int] = {
     InvalidInput: 400,
     LimitExceeded: 400,
     AdapterUnloaded: 503,
+    AdapterTooLarge: 507,  # over the server's whole adapter memory budget
     NonFiniteOutput: 500,  # the adapter is broken (NaN/inf weights), not the request
 }
 

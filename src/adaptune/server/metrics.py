@@ -3,7 +3,8 @@
 Counters, gauges and histograms with labels, enough for ``GET /metrics``: requests and errors by status (a
 request whose client closed the connection before the answer has status 499 and is not an error),
 request latency, micro-batch sizes, adapters per batch, generation batches (requests and prompts decoded
-together) and loaded adapters. Names follow Prometheus conventions
+together), loaded adapters and their bytes, adapter loads (by trigger, with their seconds) and evictions. Names
+follow Prometheus conventions
 (``_total`` for counters, ``_seconds`` for durations; histograms expose ``_bucket{le=...}``, ``_sum``, ``_count``).
 """
 
@@ -13,6 +14,10 @@ import bisect
 import math
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adaptune.inference.residency import AdapterEvent
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -127,7 +132,12 @@ class ServingMetrics:
     """Every metric the server exposes; the engine records batches, the HTTP layer records requests."""
 
     def __init__(
-        self, loaded_adapters: Callable[[], float] = lambda: 0.0, queued_rows: Callable[[], float] = lambda: 0.0
+        self,
+        loaded_adapters: Callable[[], float] = lambda: 0.0,
+        queued_rows: Callable[[], float] = lambda: 0.0,
+        *,
+        adapter_bytes: Callable[[], float] = lambda: 0.0,
+        available_adapters: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.requests = Counter("adaptune_requests_total", "HTTP requests by route, method and status code.")
         self.errors = Counter(
@@ -151,8 +161,28 @@ class ServingMetrics:
         )
         self.items = Counter("adaptune_items_total", "Inputs predicted or prompts generated, by adapter.")
         self.generated = Counter("adaptune_generated_tokens_total", "Tokens generated, by adapter.")
-        self.loaded = Gauge("adaptune_adapters_loaded", "Adapters loaded and ready to serve.", loaded_adapters)
+        self.loaded = Gauge("adaptune_adapters_loaded", "Adapters whose weights are loaded.", loaded_adapters)
         self.queued = Gauge("adaptune_queued_rows", "Inputs waiting for a micro-batch.", queued_rows)
+        self.available = Gauge(
+            "adaptune_adapters_available",
+            "Adapters served, loaded or not (each loads on first use).",
+            available_adapters,
+        )
+        self.adapter_bytes = Gauge(
+            "adaptune_adapter_bytes",
+            "Bytes of the loaded adapters' tensors (what --adapter-memory-mb bounds).",
+            adapter_bytes,
+        )
+        self.adapter_loads = Counter(
+            "adaptune_adapter_loads_total",
+            "Adapter weight loads by trigger: request (a cold load on first use or after an eviction), admin, start.",
+        )
+        self.adapter_evictions = Counter(
+            "adaptune_adapter_evictions_total", "Adapters evicted (least recently used) to stay within the limits."
+        )
+        self.adapter_load_seconds = Histogram(
+            "adaptune_adapter_load_seconds", "Time to load one adapter's weights, by trigger.", LATENCY_BUCKETS
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One finished HTTP request (``status`` :data:`CLIENT_CLOSED` when the client left before the answer:
@@ -169,6 +199,15 @@ class ServingMetrics:
         for name, count in adapters.items():
             self.items.inc(count, adapter=name)
 
+    def observe_adapter(self, event: AdapterEvent) -> None:
+        """One adapter loaded (with the seconds it took) or evicted
+        (:class:`~adaptune.inference.residency.AdapterEvent`)."""
+        if event.kind == "load":
+            self.adapter_loads.inc(trigger=event.trigger)
+            self.adapter_load_seconds.observe(event.seconds, trigger=event.trigger)
+        elif event.kind == "evict":
+            self.adapter_evictions.inc()
+
     def observe_generation_batch(self, requests: int, prompts: int) -> None:
         """One generation batch: ``requests`` requests with ``prompts`` prompts in all, decoded together."""
         self.generation_batch_requests.observe(requests)
@@ -178,6 +217,7 @@ class ServingMetrics:
         """The whole exposition, newline-terminated."""
         metrics: list[_Metric] = [self.requests, self.errors, self.latency, self.batch_size, self.batch_adapters]
         metrics += [self.generation_batch_requests, self.generation_batch_prompts]
-        metrics += [self.items, self.generated, self.loaded, self.queued]
+        metrics += [self.items, self.generated, self.loaded, self.queued, self.available, self.adapter_bytes]
+        metrics += [self.adapter_loads, self.adapter_evictions, self.adapter_load_seconds]
         lines = [line for metric in metrics for line in metric.render()]
         return "\n".join(lines) + "\n"

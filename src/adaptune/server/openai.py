@@ -134,13 +134,13 @@ def add_generation_routes(app: FastAPI, service: Service, auth: list[Any]) -> No
 
     @app.get("/v1/models", dependencies=auth, tags=["openai"])
     async def models() -> dict[str, Any]:
-        """Every loaded adapter as an OpenAI model object (``id`` = adapter name)."""
+        """Every adapter served (loaded or not) as an OpenAI model object (``id`` = adapter name)."""
         created = int(time.time())
         return {
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": created, "owned_by": "adaptune", "task": entry.task_name}
-                for name, entry in sorted(service.engine.entries.items())
+                for name, entry in sorted(service.engine.available.items())
             ],
         }
 

@@ -85,11 +85,17 @@ class PredictResponse(BaseModel):
 
 
 class AdapterList(BaseModel):
-    """Loaded adapters and adapter folders the server refused, with the reason."""
+    """Every adapter served (``loaded`` true or false), adapter folders the server refused with the reason, and the
+    adapter budget."""
 
     base: str
     adapters: list[dict[str, Any]]
     refused: list[dict[str, str]]
+    budget: dict[str, Any] = Field(
+        default_factory=dict,
+        description="max_loaded_adapters and adapter_memory_mb (null: no limit), loaded (adapters), loaded_bytes, "
+        "loads and evictions so far.",
+    )
 
 
 class AdapterAction(BaseModel):

@@ -67,13 +67,18 @@ def frozen_depth(model: AdaptedModel) -> int:
 
 def cast_frozen_to_bf16(model: AdaptedModel) -> int:
     """Store every frozen floating-point backbone parameter in bf16; returns how many were cast. The method's
-    trained parameters (and the head, which is not in the backbone) stay fp32."""
+    trained parameters (and the head, which is not in the backbone) stay fp32, and so does every parameter of a
+    module that holds a trained one (a LayerNorm whose bias BitFit trains: its kernel takes one dtype)."""
     trained = {id(p) for p in model.adapter_parameters().values()}
     cast = 0
-    for param in model.backbone.parameters():
-        if id(param) not in trained and param.dtype == torch.float32:
-            param.data = param.data.to(torch.bfloat16)
-            cast += 1
+    for module in model.backbone.modules():
+        own = list(module.parameters(recurse=False))
+        if any(id(p) in trained for p in own):
+            continue
+        for param in own:
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
+                cast += 1
     return cast
 
 

@@ -55,6 +55,14 @@ def warn_before_training(notes: Sequence[str]) -> None:
         say(console, f"warning: {note}", style="yellow")
 
 
+def tell_before_training(lines: Sequence[str]) -> None:
+    """Print what the run decided (its precision, with the figures it was decided on) before the first step, on
+    stderr; kept in the run's ``results.json`` notes as well."""
+    console = Console(stderr=True)
+    for line in lines:
+        say(console, line)
+
+
 class ProgressBar:
     """A rich progress bar with loss, tokens/s and ETA; prints plain lines when not on a terminal."""
 

@@ -1,7 +1,8 @@
 """The one training loop, shared by every method and task.
 
-AdamW with warmup and linear/cosine decay, gradient accumulation and clipping, optional bf16 autocast (weights
-stay fp32), evaluation every N steps or each epoch, best-weights tracking on a named metric and a progress bar.
+AdamW with warmup and linear/cosine decay, gradient accumulation and clipping, bf16 autocast where
+``training.precision`` picks it (weights stay fp32), evaluation every N steps or each epoch, best-weights tracking
+on a named metric and a progress bar.
 Early stopping, the JSONL metrics log and the checkpoints from which a killed run resumes to the same result are
 callbacks (:mod:`adaptune.training.callbacks`), as is anything a user adds.
 """
@@ -25,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from adaptune.config import NOT_IN_FINGERPRINT, RunConfig, flatten
 from adaptune.data.batching import train_batches
 from adaptune.errors import ConfigError
+from adaptune.hardware import PrecisionChoice
 from adaptune.inference import to_device
 from adaptune.methods.base import ParamGroup, ParamGroups
 from adaptune.model import AdaptedModel
@@ -43,6 +45,7 @@ from adaptune.training.distributed import SINGLE, Distributed, check_switches
 from adaptune.training.fast import FastPath
 from adaptune.training.logging import ProgressBar
 from adaptune.training.neftune import noisy_embeddings
+from adaptune.training.precision import resolve_precision, with_precision
 from adaptune.training.schedule import build_optimizer, build_scheduler
 
 Evaluator = Callable[[AdaptedModel], EvalOutput]
@@ -127,6 +130,9 @@ class Trainer:
     early stopping, checkpoints: :func:`~adaptune.training.callbacks.default_callbacks`), in the order given, on
     every rank (``trainer.dist.is_main`` tells rank 0). Under several processes (``dist``,
     :mod:`adaptune.training.distributed`) each rank trains on its share of every epoch's batches.
+    ``precision``: the run's :class:`~adaptune.hardware.PrecisionChoice` when the caller decided it (the API
+    does, to report it); otherwise the config's ``training.precision`` is decided here
+    (:func:`~adaptune.training.precision.resolve_precision`). :attr:`config` holds the decided precision.
     """
 
     def __init__(
@@ -143,8 +149,14 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         data: dict[str, Any] | None = None,
         dist: Distributed = SINGLE,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         check_switches(config.training, dist.world)
+        # the run's precision, decided once (adaptune.training.precision): every reader of the config sees it
+        if precision is None:
+            config, precision = resolve_precision(config, dist)
+        self.precision = precision
+        config = with_precision(config, precision)
         self.model, self.train, self.config, self.out_dir = model, train, config, out_dir
         self.dist = dist
         self.data = data or {}  # data_digest by split: recorded in checkpoints, checked on resume
