@@ -60,7 +60,12 @@ class DataConfig(StrictModel):
     train: str | None = Field(None, description="Training file or folder.")
     dev: str | None = Field(None, description="Development file: evaluation during training, early stopping.")
     test: str | None = Field(None, description="Test file, evaluated once after training.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "bmes", "hf", "semeval"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "bmes", "hf", "semeval"] = Field(
+        "auto",
+        description="How the data files are read. auto: from the name (a folder is hf; .csv, .tsv/.tab, .jsonl, "
+        ".json (an array or JSON Lines), .conll/.txt/.iob/.bio, .bmes/.bioes); relation_cls also recognises "
+        "the SemEval-2010 release files (semeval).",
+    )
     text_column: str = Field("text", description="Column/field with the text (sequence tasks).")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair tasks.")
     label_column: str = Field("label", description="Column/field with the label (sequence tasks).")
@@ -103,7 +108,9 @@ class TrainingConfig(StrictModel):
         description="NEFTune: uniform noise of scale alpha / sqrt(L * d) on the input embeddings while training "
         "(5 is common for instruction tuning); None: off. Not with training.activation_cache or compile.",
     )
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate schedule after the warm-up: linear or cosine decay to 0, or constant."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None disables it.")
     grad_accum_steps: int = Field(1, ge=1, le=4096)
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimiser steps; None: each epoch.")
