@@ -119,7 +119,7 @@ def upsert(records: list[dict]) -> None:
 
 def method_table(records: list[dict]) -> list[str]:
     """Methods as rows, datasets as columns: the headline figure with the trainable parameter count (MiniLM)."""
-    records = [r for r in records if r["model"] == TABLE_MODEL and "combine" not in r]  # one trained adapter each
+    records = [r for r in records if r["model"] == TABLE_MODEL and in_method_table(r)]
     datasets = sorted({r["dataset"] for r in records})
     methods = sorted({r["method"] for r in records}, key=lambda m: (m != "head", m))
     cells = {(r["method"], r["dataset"]): r for r in records}
@@ -134,6 +134,12 @@ def method_table(records: list[dict]) -> list[str]:
         ]
         lines.append(f"| {method} | {default_learning_rate(method):g} | " + " | ".join(row) + " |")
     return lines
+
+
+def in_method_table(record: dict) -> bool:
+    """One adapter trained on a dataset's whole training split: not a merge (``combine``), an example's scenario
+    figure (``scenario``), a run on a subset (``train_rows``) or a data audit (``audit_*`` metrics)."""
+    return not ({"combine", "scenario", "train_rows"} & record.keys() or record["metric"].startswith("audit_"))
 
 
 def default_learning_rate(method: str) -> float:

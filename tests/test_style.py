@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["src", "tests", "benchmarks", "scripts"]
+PATHS = ["src", "tests", "benchmarks", "scripts", "examples"]
 
 
 def ruff() -> str:

@@ -15,6 +15,7 @@ import torch
 
 from adaptune.backbone import Backbone, fingerprint, load_backbone
 from adaptune.config import RunConfig
+from adaptune.data.augment import augment_for_run
 from adaptune.errors import ConfigError, DataError
 from adaptune.evaluation.report import write_eval_report
 from adaptune.hardware import host_record
@@ -59,6 +60,8 @@ class Split:
     examples: list[Any]
     encoded: list[Encoded]
     truncated: int
+    #: What was done to the rows as read (augmentation), for the run's notes.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +88,10 @@ def _read_split(
     examples = task.read(path, cfg.data, split=name)
     limit = cfg.data.max_train_examples if name == "train" else cfg.data.max_eval_examples
     examples = examples[:limit] if limit else examples
+    notes: list[str] = []
+    if name == "train" and cfg.data.augment is not None:  # training rows only, before tokenisation
+        augmented = augment_for_run(examples, cfg)
+        examples, notes = augmented.examples, [augmented.note()]
     if labels is None:
         try:
             labels = task.label_names(examples)
@@ -92,7 +99,7 @@ def _read_split(
             raise (err if err.file else DataError(err.message, file=path, field=err.field)) from None
     task.check_labels(examples, labels, path)
     encoded = [task.encode(ex, backbone.tokenizer, labels, max_length) for ex in examples]
-    return Split(name, path, examples, encoded, sum(e.truncated for e in encoded))
+    return Split(name, path, examples, encoded, sum(e.truncated for e in encoded), notes)
 
 
 #: The packaged model to suggest when a tokenizer does not know the training text (Chinese on MiniLM).
@@ -198,7 +205,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         split = _read_split(task, cfg, name, backbone, labels, max_length)
         if split is not None:
             splits[name] = split
-    notes = [note for s in splits.values() if (note := task.truncation_note(s.name, s.encoded, max_length)) is not None]
+    notes = [note for s in splits.values() for note in s.notes]
+    notes += [n for s in splits.values() if (n := task.truncation_note(s.name, s.encoded, max_length)) is not None]
     notes += vocabulary_notes(train_split, backbone)
     base_params = sum(p.numel() for p in backbone.model.parameters())
     return Prepared(task, backbone, fingerprint(backbone.model), base_params, max_length, labels, splits, notes)
@@ -249,8 +257,9 @@ def _train_in(
     prep = prepare(cfg)
     notes = [*prep.notes, f"precision {precision.reason}"]
     if dist.is_main:
-        warn_before_training(prep.notes)  # the [UNK] share and truncation, before any time is spent training
-        tell_before_training(notes[-1:])
+        told = [note for split in prep.splits.values() for note in split.notes]  # augmentation: not a warning
+        warn_before_training([note for note in prep.notes if note not in told])  # [UNK] share, truncation
+        tell_before_training([*told, notes[-1]])
     seed_everything(cfg.training.seed)  # adapter and head initialisation are part of the run's seed
     model = AdaptedModel(prep.backbone, build_method(cfg.method), prep.task, prep.labels).to(dist.device)
     metric = cfg.training.metric if cfg.training.metric != "auto" else prep.task.default_metric

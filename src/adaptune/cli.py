@@ -17,7 +17,9 @@ from typer.core import TyperGroup
 from adaptune.cli_board import board
 from adaptune.cli_combine import combine
 from adaptune.cli_common import err_console, fail, input_name, read_inputs
+from adaptune.cli_data import audit, select
 from adaptune.cli_generate import chat, generate
+from adaptune.cli_tune import tune
 from adaptune.errors import AdaptuneError, DataError
 from adaptune.extras import as_missing_extra
 
@@ -237,6 +239,9 @@ app.command()(generate)
 app.command()(chat)
 app.command()(combine)  # adaptune.cli_combine: several LoRA adapters into one
 app.command()(board)  # adaptune.cli_board: the web board (train, evaluate, try)
+app.command()(select)  # adaptune.cli_data: pool rows closest to a target sample, or most uncertain
+app.command()(audit)  # adaptune.cli_data: training rows ranked by how likely their label is wrong
+app.command()(tune)  # adaptune.cli_tune: hyper-parameter search with optuna
 
 
 @app.command()
@@ -499,7 +504,13 @@ def show_config(
 
 @app.command()
 def serve(
-    base: Annotated[str, typer.Option(help="Base model (hub id or folder) every adapter was trained on.")],
+    base: Annotated[
+        list[str],
+        typer.Option(
+            help="Base model (hub id or folder) the adapters were trained on; give --base several times to serve "
+            "adapters of several bases from one process (each adapter on the base it records)."
+        ),
+    ],
     adapters: Annotated[Path, typer.Option(help="Folder of adapter folders; each is served under its folder name.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -515,17 +526,18 @@ def serve(
         bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
     ] = True,
     max_loaded_adapters: Annotated[
-        int | None, typer.Option(min=1, help="Most adapters loaded at once; least recently used evicted first.")
+        int | None,
+        typer.Option(min=1, help="Most adapters loaded at once, per base; least recently used evicted first."),
     ] = None,
     adapter_memory_mb: Annotated[
-        float | None, typer.Option(help="Most MiB of adapter tensors loaded at once (LRU eviction beyond).")
+        float | None, typer.Option(help="Most MiB of adapter tensors loaded at once, per base (LRU eviction beyond).")
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
     quantize: Annotated[Quantize | None, typer.Option(help=QUANTIZE_HELP)] = None,
 ) -> None:
-    """Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs the server
-    extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
+    """Serve every adapter in a folder over HTTP, each on the base it was trained on (classify, tag, generate,
+    OpenAI-compatible; needs the server extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
     from adaptune.server import serve as run_server
     from adaptune.server.app import ServerSettings
 
@@ -541,7 +553,7 @@ def serve(
     )
     try:
         run_server(
-            str(base),
+            base,
             adapters,
             host=host,
             port=port,

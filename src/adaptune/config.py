@@ -54,6 +54,40 @@ class TaskConfig(StrictModel):
     name: str = Field(description="Registered task name, e.g. 'seq_cls' or 'token_cls'.")
 
 
+#: Augmentation operations (:mod:`adaptune.data.augment`): EDA's for text rows, two label-safe ones for NER rows.
+AugmentOp = Literal["swap", "delete", "insert", "replace_mention", "shuffle_segments"]
+
+
+class AugmentConfig(StrictModel):
+    """Data augmentation of the training rows, before tokenisation (:mod:`adaptune.data.augment`); dev and test
+    are never augmented."""
+
+    copies: int = Field(1, ge=1, le=64, description="Augmented copies made of each training row, added to it.")
+    ops: list[AugmentOp] | None = Field(
+        None,
+        min_length=1,
+        description="Operations a copy draws one of (uniformly, among those that can change the row). Text rows "
+        "(seq_cls): swap, delete, insert (EDA without synonyms; per character for mostly-Chinese text). NER rows "
+        "(token_cls): replace_mention (a mention for another of its type from the training set), "
+        "shuffle_segments (entities and the runs between them reordered). None: every op of the task.",
+    )
+    p: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="EDA's rate alpha: swap and insert change max(1, int(p * words)) words, delete drops each word "
+        "with probability p (never all); replace_mention replaces each mention with probability p (at least one).",
+    )
+    seed: int | None = Field(None, description="Seed of the augmentation draws; None: training.seed.")
+
+    @field_validator("ops")
+    @classmethod
+    def _distinct_ops(cls, ops: list[str] | None) -> list[str] | None:
+        if ops is not None and len(set(ops)) != len(ops):
+            raise ConfigError(f"config key 'data.augment.ops' = {ops}: name each operation once")
+        return ops
+
+
 class DataConfig(StrictModel):
     """Where the examples are and how to read and batch them."""
 
@@ -78,6 +112,11 @@ class DataConfig(StrictModel):
     hf_split_test: str = "test"
     max_train_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
     max_eval_examples: int | None = Field(None, ge=1, description="Use only the first N dev/test examples.")
+    augment: AugmentConfig | None = Field(
+        None,
+        description="Augment the training rows before tokenisation (copies, ops, p, seed); dev and test are read "
+        "as they are. None: off.",
+    )
     max_length: int = Field(256, ge=8, le=32768, description="Tokens per example; longer inputs are truncated.")
     batch_size: int = Field(32, ge=1, le=65536)
     eval_batch_size: int = Field(64, ge=1, le=65536)
@@ -284,6 +323,13 @@ class RunConfig(StrictModel):
     task: SerializeAsAny[TaskConfig] = Field(default_factory=lambda: _task_config({}))
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
+    search: dict[str, Any] | None = Field(
+        None,
+        exclude=True,
+        description="A hyper-parameter search over this config for adaptune tune (metric, space: dotted key -> "
+        "{low, high, log, step} or {choices}; adaptune.tuning.space.SearchConfig). adaptune train ignores it; it "
+        "is left out of the run's config.yaml and fingerprint.",
+    )
 
     @field_validator("method", mode="before")
     @classmethod

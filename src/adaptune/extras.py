@@ -21,12 +21,14 @@ EXTRAS: dict[str, str] = {
     "datasets": "hf",
     "onnx": "onnx",
     "onnxruntime": "onnx",
+    "optuna": "tune",
 }
 #: Extra -> the setup script call that installs it along with the rest.
 SETUP_FLAGS: dict[str, str] = {
     "server": "scripts/setup.sh --test",
     "gguf": "scripts/setup.sh --test",
     "onnx": "scripts/setup.sh --test",
+    "tune": "scripts/setup.sh --test",
     "hf": "scripts/setup.sh",
 }
 #: Libraries (transformers' GGUF loader) raise a bare ImportError whose message names the package.

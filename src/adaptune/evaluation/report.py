@@ -18,6 +18,10 @@ def report_tables(report: dict[str, Any], split: str, markdown: bool = False) ->
     fmt = format_report_markdown if markdown else format_report_table
     if "perplexity" in report:  # causal language modelling
         return format_lm_report(report, split, markdown)
+    if "ranking" in report:  # text_pair_rank
+        from adaptune.evaluation.ranking import format_ranking_report
+
+        return format_ranking_report(report, split, markdown)
     if "by_language" in report:  # extractive QA
         from adaptune.evaluation.squad import format_qa_report
 

@@ -1,16 +1,19 @@
-"""``adaptune serve``: one base model, every adapter of a folder, mixed-adapter micro-batches over HTTP.
+"""``adaptune serve``: one base model (or several), every adapter of a folder on the base it was trained on,
+mixed-adapter micro-batches over HTTP.
 
 Needs the ``server`` extra (FastAPI, uvicorn); nothing here imports them until a server is built, so
 ``import adaptune`` works without them. The model side is the core's
 :class:`~adaptune.inference.multi.MultiPredictor` (no HTTP; per-row kernels in :mod:`adaptune.per_row` and beside
 their methods). Parts here: :mod:`.app` (routes and limits), :mod:`.openai` (OpenAI-compatible and generation
 routes), :mod:`.schemas` (request and response bodies), :mod:`.batcher` (asyncio micro-batcher), :mod:`.metrics`
-(Prometheus text), :mod:`.errors` (HTTP errors, and the status of each refusal of the predictor); :mod:`.engine`
+(Prometheus text), :mod:`.routing` (one predictor per base, requests routed by adapter), :mod:`.errors` (HTTP
+errors, and the status of each refusal of the predictor); :mod:`.engine`
 only keeps the old engine name importable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def build_app(
-    base: str,
+    base: str | Sequence[str],
     adapters: str | Path,
     settings: ServerSettings | None = None,
     *,
@@ -29,31 +32,21 @@ def build_app(
     precision: str = "auto",
     quantize: str | None = None,
 ) -> FastAPI:
-    """Load ``base`` once (on ``device``: auto, cpu, cuda, cuda:N) and list every compatible adapter of
-    ``adapters`` (each loads on first use, within ``settings``' adapter limits); return the FastAPI app serving them
-    (``precision``: auto, fp32 or bf16; ``quantize``: None or "int8"; see
-    :class:`~adaptune.inference.multi.MultiPredictor`)."""
-    from adaptune.inference.multi import MultiPredictor
+    """Load ``base`` once, or each of several bases once (on ``device``: auto, cpu, cuda, cuda:N), and list every
+    adapter of ``adapters`` on the base it was trained on (each loads on first use, within ``settings``' adapter
+    limits, which apply per base); return the FastAPI app serving them (``precision``: auto, fp32 or bf16;
+    ``quantize``: None or "int8"; see :class:`~adaptune.inference.multi.MultiPredictor` and
+    :func:`~adaptune.server.routing.build_engines`)."""
     from adaptune.server.app import ServerSettings, create_app
+    from adaptune.server.routing import build_engines
 
     settings = settings or ServerSettings()
-    predictor = MultiPredictor(
-        base,
-        adapters,
-        max_input_tokens=settings.max_input_tokens,
-        padding_free=settings.padding_free,
-        device=device,
-        load_all=False,  # every adapter is listed now and loads on first use
-        max_loaded=settings.max_loaded_adapters,
-        max_memory_mb=settings.adapter_memory_mb,
-        precision=precision,
-        quantize=quantize,
-    )
-    return create_app(predictor, settings)
+    engines = build_engines(base, adapters, settings, device=device, precision=precision, quantize=quantize)
+    return create_app(engines, settings)
 
 
 def serve(
-    base: str,
+    base: str | Sequence[str],
     adapters: str | Path,
     *,
     host: str = "127.0.0.1",

@@ -16,11 +16,15 @@ generation requests) waits for more. With ``api_key`` set, everything except ``/
 Adapters load on first use; ``max_loaded_adapters`` and ``adapter_memory_mb`` bound how many stay loaded (the least
 recently used is evicted first, :mod:`adaptune.inference.residency`). ``load`` loads one now (not pinned: it can be
 evicted later), ``unload`` stops serving it until ``load`` or ``reload``.
+
+Several bases (:mod:`adaptune.server.routing`): one predictor and one :class:`Lane` (micro-batchers, threads) per
+base; each request goes to the base serving its adapter, and the adapter limits apply to each base.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import time
@@ -42,6 +46,7 @@ from adaptune.inference.multi import MultiPredictor
 from adaptune.server.batcher import MicroBatcher
 from adaptune.server.errors import ServeError, http_error, limit_error
 from adaptune.server.metrics import CLIENT_CLOSED, ServingMetrics
+from adaptune.server.routing import Engines, EngineSet
 from adaptune.server.schemas import (
     NOT_UTF8,
     AdapterAction,
@@ -227,24 +232,14 @@ def api_key_check(api_key: str | None) -> Callable[..., Awaitable[None]]:
     return check
 
 
-class Service:
-    """What the routes share: the predictor (``engine``), the batcher, the tokenising thread, the limits and the
-    metrics."""
+class Lane:
+    """One base's share of the server: its predictor, the micro-batcher of its forward rows (on a model thread of
+    its own), and its generation thread with the micro-batcher of its non-streaming generation requests."""
 
     def __init__(self, engine: MultiPredictor, settings: ServerSettings) -> None:
         self.engine = engine
-        self.settings = settings
         engine.max_input_tokens = settings.max_input_tokens  # one source for the limit
         self.batcher = MicroBatcher(engine.run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
-        self.metrics = ServingMetrics(
-            lambda: float(len(engine.entries)),
-            lambda: float(self.batcher.queued),
-            adapter_bytes=lambda: float(engine.residency.loaded_bytes),
-            available_adapters=lambda: float(len(engine.available)),
-        )
-        engine.observers.append(self.metrics.observe_batch)
-        engine.residency.observers.append(self.metrics.observe_adapter)
-        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-tokenize")
         self.generation_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-generate")
         # non-streaming generation requests arriving within max_wait_ms, decoded together on the generation thread
         self.generations = MicroBatcher(
@@ -253,8 +248,53 @@ class Service:
             max_wait_ms=settings.max_wait_ms,
             executor=self.generation_thread,
         )
-        engine.generation_observers.append(self.metrics.observe_generation_batch)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        await self.generations.start()
+
+    async def stop(self) -> None:
+        await self.generations.stop()
+        await self.batcher.stop()
+        self.generation_thread.shutdown(wait=False, cancel_futures=True)
+
+
+class Service:
+    """What the routes share: the predictors (``engines``, one per base), each base's :class:`Lane`, the
+    tokenising thread, the limits and the metrics."""
+
+    def __init__(self, engines: EngineSet, settings: ServerSettings) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.lanes = {base: Lane(engine, settings) for base, engine in engines.items()}
+        lanes = list(self.lanes.values())
+        self.metrics = ServingMetrics(
+            lambda: float(sum(len(lane.engine.entries) for lane in lanes)),
+            lambda: float(sum(lane.batcher.queued for lane in lanes)),
+            adapter_bytes=lambda: float(sum(lane.engine.residency.loaded_bytes for lane in lanes)),
+            available_adapters=lambda: float(engines.adapter_count),
+        )
+        for base, lane in self.lanes.items():
+            labels = {"base": base} if len(self.lanes) > 1 else {}  # one base: the metrics of a one-base server
+            lane.engine.observers.append(functools.partial(self.metrics.observe_batch, **labels))
+            lane.engine.residency.observers.append(functools.partial(self.metrics.observe_adapter, **labels))
+            lane.engine.generation_observers.append(functools.partial(self.metrics.observe_generation_batch, **labels))
+        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptune-tokenize")
         self.admin_lock = asyncio.Lock()
+
+    def lane(self, name: str) -> Lane:
+        """The lane of the base serving adapter ``name`` (the first base's for a name none lists: its predictor
+        refuses it)."""
+        return self.lanes[self.engines.base_of(name)]
+
+    async def start(self) -> None:
+        for lane in self.lanes.values():
+            await lane.start()
+
+    async def stop(self) -> None:
+        for lane in self.lanes.values():
+            await lane.stop()
+        self.prep.shutdown(wait=False)
 
     def check_count(self, count: int) -> None:
         """Refuse more inputs in one request than one forward pass takes."""
@@ -264,50 +304,51 @@ class Service:
             )
 
     async def predict(self, body: PredictRequest, kind: TaskKind) -> JSONResponse:
-        """Validate and tokenise, then queue the rows for a mixed batch. Small requests are tokenised on the event
-        loop (a thread hop costs more than the tokenizer); large ones on the tokenising thread."""
+        """Validate and tokenise, then queue the rows for a mixed batch of the adapter's base. Small requests are
+        tokenised on the event loop (a thread hop costs more than the tokenizer); large ones on the tokenising
+        thread."""
         self.check_count(len(body.inputs))
+        lane = self.lane(body.adapter)
         if _size(body.inputs) <= INLINE_TOKENIZE_CHARS:
-            rows = self.engine.prepare(body.adapter, body.inputs, kind)
+            rows = lane.engine.prepare(body.adapter, body.inputs, kind)
         else:
             loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(self.prep, self.engine.prepare, body.adapter, body.inputs, kind)
-        predictions = await self.batcher.submit(rows)
+            rows = await loop.run_in_executor(self.prep, lane.engine.prepare, body.adapter, body.inputs, kind)
+        predictions = await lane.batcher.submit(rows)
         # the body is PredictResponse; built directly, since validating every nested prediction again costs more
         # than the rest of the request's HTTP handling
         return JSONResponse({"adapter": body.adapter, "predictions": predictions})
 
     async def admin(self, name: str, action: str) -> AdapterAction:
-        """Load, unload or reload (one at a time; the model keeps serving meanwhile)."""
+        """Load, unload or reload on the adapter's base (one at a time; the models keep serving meanwhile)."""
         async with self.admin_lock:
             if action == "unload":
-                await asyncio.to_thread(self.engine.unload, name)
+                await asyncio.to_thread(self.engines.unload, name)
                 return AdapterAction(name=name, status="unloaded")
-            fn = self.engine.load if action == "load" else self.engine.reload
+            fn = self.engines.load if action == "load" else self.engines.reload
             entry = await asyncio.to_thread(fn, name)
             return AdapterAction(
                 name=name, status="loaded" if action == "load" else "reloaded", adapter=entry.describe()
             )
 
 
-def create_app(engine: MultiPredictor, settings: ServerSettings | None = None) -> FastAPI:
-    """The FastAPI application serving ``engine``'s adapters (a :class:`MultiPredictor`) under ``settings``."""
-    service = Service(engine, settings or ServerSettings())
+def create_app(engine: Engines | EngineSet, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI application serving the adapters of ``engine`` under ``settings``: one :class:`MultiPredictor`,
+    several (one per base: a sequence, or a mapping base -> predictor) or an :class:`EngineSet`; each request goes
+    to the base serving its adapter."""
+    engines = engine if isinstance(engine, EngineSet) else EngineSet(engine)
+    service = Service(engines, settings or ServerSettings())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await service.batcher.start()
-        await service.generations.start()
+        await service.start()
         yield
-        await service.generations.stop()
-        await service.batcher.stop()
-        service.prep.shutdown(wait=False)
-        service.generation_thread.shutdown(wait=False, cancel_futures=True)
+        await service.stop()
 
     app = FastAPI(
         title="adaptune server",
         version=__version__,
-        description="One base model, many adapters: mixed-adapter micro-batches over HTTP.",
+        description="One or more base models, many adapters each: mixed-adapter micro-batches over HTTP.",
         lifespan=lifespan,
         docs_url=None,  # served by _add_doc_routes, behind the API key
         redoc_url=None,
@@ -378,8 +419,9 @@ def _add_doc_routes(app: FastAPI, auth: list[Any]) -> None:
 def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
     @app.get("/health", response_model=Health, tags=["ops"])
     async def health() -> Health:
-        """Liveness: the base is loaded and the server answers."""
-        return Health(status="ok", base=service.engine.base_name, adapters=len(service.engine.available))
+        """Liveness: the bases are loaded and the server answers (``base``: the first; ``bases``: all)."""
+        engines = service.engines
+        return Health(status="ok", base=next(iter(engines)), bases=list(engines), adapters=engines.adapter_count)
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth, tags=["ops"])
     async def metrics() -> PlainTextResponse:
@@ -389,9 +431,9 @@ def _add_admin_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
 
     @app.get("/v1/adapters", response_model=AdapterList, responses=ERRORS, dependencies=auth, tags=["adapters"])
     async def adapters() -> AdapterList:
-        """Every adapter served (name, method, task, labels, per-row or grouped batching, loaded or not, its
-        tensor bytes once loaded), refused folders, and the adapter budget with what is loaded."""
-        return AdapterList(**service.engine.describe())
+        """Every adapter served (name, its base, method, task, labels, per-row or grouped batching, loaded or not,
+        its tensor bytes once loaded), the bases, refused folders, and the adapter budget with what is loaded."""
+        return AdapterList(**service.engines.describe())
 
     for action in ("load", "unload", "reload"):
         app.add_api_route(

@@ -3,7 +3,8 @@
 Counters, gauges and histograms with labels, enough for ``GET /metrics``: requests and errors by status (a
 request whose client closed the connection before the answer has status 499 and is not an error),
 request latency, micro-batch sizes, adapters per batch, generation batches (requests and prompts decoded
-together), loaded adapters and their bytes, adapter loads (by trigger, with their seconds) and evictions. Names
+together), loaded adapters and their bytes, adapter loads (by trigger, with their seconds) and evictions; on a
+server of several bases the batch, generation-batch, load and eviction series carry a ``base`` label. Names
 follow Prometheus conventions
 (``_total`` for counters, ``_seconds`` for durations; histograms expose ``_bucket{le=...}``, ``_sum``, ``_count``).
 """
@@ -192,26 +193,27 @@ class ServingMetrics:
             self.errors.inc(route=route, status=str(status))
         self.latency.observe(seconds, route=route)
 
-    def observe_batch(self, rows: int, adapters: dict[str, int]) -> None:
-        """One forward pass: ``rows`` rows from ``adapters`` (adapter name -> rows)."""
-        self.batch_size.observe(rows)
-        self.batch_adapters.observe(len(adapters))
+    def observe_batch(self, rows: int, adapters: dict[str, int], **labels: str) -> None:
+        """One forward pass: ``rows`` rows from ``adapters`` (adapter name -> rows). ``labels``: e.g. ``base`` on a
+        server of several bases (adapter names are unique over the bases, so ``items`` is by adapter alone)."""
+        self.batch_size.observe(rows, **labels)
+        self.batch_adapters.observe(len(adapters), **labels)
         for name, count in adapters.items():
             self.items.inc(count, adapter=name)
 
-    def observe_adapter(self, event: AdapterEvent) -> None:
+    def observe_adapter(self, event: AdapterEvent, **labels: str) -> None:
         """One adapter loaded (with the seconds it took) or evicted
         (:class:`~adaptune.inference.residency.AdapterEvent`)."""
         if event.kind == "load":
-            self.adapter_loads.inc(trigger=event.trigger)
-            self.adapter_load_seconds.observe(event.seconds, trigger=event.trigger)
+            self.adapter_loads.inc(trigger=event.trigger, **labels)
+            self.adapter_load_seconds.observe(event.seconds, trigger=event.trigger, **labels)
         elif event.kind == "evict":
-            self.adapter_evictions.inc()
+            self.adapter_evictions.inc(**labels)
 
-    def observe_generation_batch(self, requests: int, prompts: int) -> None:
+    def observe_generation_batch(self, requests: int, prompts: int, **labels: str) -> None:
         """One generation batch: ``requests`` requests with ``prompts`` prompts in all, decoded together."""
-        self.generation_batch_requests.observe(requests)
-        self.generation_batch_prompts.observe(prompts)
+        self.generation_batch_requests.observe(requests, **labels)
+        self.generation_batch_prompts.observe(prompts, **labels)
 
     def render(self) -> str:
         """The whole exposition, newline-terminated."""

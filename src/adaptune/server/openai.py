@@ -5,7 +5,7 @@
 one :func:`adaptune.generation.generate_requests` call (up to ``max_batch`` prompts), each with its own
 ``max_tokens`` and ``stop``; seeded sampled requests run alone, so that their text never depends on other
 requests (:meth:`adaptune.inference.multi.MultiPredictor.generate_jobs`). Everything runs on the adapter's
-own model, on a generation thread beside the classify/tag micro-batches. Streams
+own model, on its base's generation thread beside the classify/tag micro-batches. Streams
 (:func:`~adaptune.generation.stream`) are not batched: they advance one step per call on that thread, so
 concurrent streams take turns token by token.
 
@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -41,9 +41,18 @@ from adaptune.server.schemas import (
 )
 
 if TYPE_CHECKING:
-    from adaptune.server.app import Service
+    from adaptune.server.app import Lane, Service
 
 _DONE = object()
+
+
+@dataclass
+class Stream:
+    """The text pieces of one streamed request, with the lane (base) whose generation thread advances them."""
+
+    lane: Lane
+    name: str
+    pieces: Iterator[str]
 
 
 def decoding(fields: SamplingFields, max_new_tokens: int, do_sample: bool | None = None) -> GenerationConfig:
@@ -63,43 +72,47 @@ def decoding(fields: SamplingFields, max_new_tokens: int, do_sample: bool | None
 
 
 class Generator:
-    """Runs generation on its own thread for the routes (and counts it in the metrics)."""
+    """Runs generation on the generation thread of the adapter's base for the routes (and counts it in the
+    metrics)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.thread: ThreadPoolExecutor = service.generation_thread
 
     async def generate(
         self, name: str, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool
     ) -> list[Generation]:
         """Queue one request for a generation batch; its results (or its error) when the batch has run."""
         self.service.check_count(len(prompts))
-        (out,) = await self.service.generations.submit([GenerationJob(name, prompts, config, chat)])
+        lane = self.service.lane(name)
+        (out,) = await lane.generations.submit([GenerationJob(name, prompts, config, chat)])
         self._count(name, len(prompts), sum(g.completion_tokens for g in out))
         return list(out)
 
-    async def open_stream(self, name: str, prompt: Prompt, config: GenerationConfig, chat: bool) -> Iterator[str]:
-        """Check the request (errors are raised here, before the response starts) and return the text pieces."""
+    async def open_stream(self, name: str, prompt: Prompt, config: GenerationConfig, chat: bool) -> Stream:
+        """Check the request (errors are raised here, before the response starts) and return its stream."""
+        lane = self.service.lane(name)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.thread, lambda: self.service.engine.stream(name, prompt, config, chat=chat)
+        pieces = await loop.run_in_executor(
+            lane.generation_thread, lambda: lane.engine.stream(name, prompt, config, chat=chat)
         )
+        return Stream(lane, name, pieces)
 
-    async def pieces(self, pieces: Iterator[str]) -> AsyncIterator[str]:
-        """Advance a stream one piece at a time on the generation thread."""
+    async def pieces(self, stream: Stream) -> AsyncIterator[str]:
+        """Advance a stream one piece at a time on its base's generation thread."""
         loop = asyncio.get_running_loop()
         while True:
-            piece = await loop.run_in_executor(self.thread, next, pieces, _DONE)
+            piece = await loop.run_in_executor(stream.lane.generation_thread, next, stream.pieces, _DONE)
             if piece is _DONE:
                 return
             yield str(piece)
 
-    async def usage_of(self, name: str, text: str, max_new: int) -> tuple[int, str]:
+    async def usage_of(self, stream: Stream, text: str, max_new: int) -> tuple[int, str]:
         """``(completion tokens, finish_reason)`` of a streamed text (counted by re-tokenising it, on the
         generation thread: the adapter's tokenizer is used by that thread only)."""
         loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self.thread, self.service.engine.count_tokens, name, text)
-        self._count(name, 1, tokens)
+        lane = stream.lane
+        tokens = await loop.run_in_executor(lane.generation_thread, lane.engine.count_tokens, stream.name, text)
+        self._count(stream.name, 1, tokens)
         return tokens, "length" if tokens >= max_new else "stop"
 
     def _count(self, name: str, prompts: int, tokens: int) -> None:
@@ -134,15 +147,21 @@ def add_generation_routes(app: FastAPI, service: Service, auth: list[Any]) -> No
 
     @app.get("/v1/models", dependencies=auth, tags=["openai"])
     async def models() -> dict[str, Any]:
-        """Every adapter served (loaded or not) as an OpenAI model object (``id`` = adapter name)."""
+        """Every adapter served (loaded or not) of every base as an OpenAI model object (``id`` = adapter name)."""
         created = int(time.time())
-        return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "adaptune", "task": entry.task_name}
-                for name, entry in sorted(service.engine.available.items())
-            ],
-        }
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "adaptune",
+                "task": listing.task_name,
+                "base": base,
+            }
+            for base, engine in service.engines.items()
+            for name, listing in list(engine.available.items())
+        ]
+        return {"object": "list", "data": sorted(data, key=lambda model: str(model["id"]))}
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS, dependencies=auth, tags=["generate"])
     async def generate_route(body: GenerateRequest) -> GenerateResponse:
@@ -167,8 +186,8 @@ def _add_completions(app: FastAPI, gen: Generator, auth: list[Any], errors: dict
             gen.service.check_count(len(prompts))
             if len(prompts) != 1:
                 raise ServeError(400, "invalid_request", "stream: true takes one prompt")
-            pieces = await gen.open_stream(body.model, prompts[0], config, False)
-            return sse(_completion_events(gen, body.model, pieces, head, config.max_new_tokens))
+            stream = await gen.open_stream(body.model, prompts[0], config, False)
+            return sse(_completion_events(gen, stream, head, config.max_new_tokens))
         out = await gen.generate(body.model, prompts, config, False)
         choices = [
             {"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": None} for i, g in enumerate(out)
@@ -178,13 +197,13 @@ def _add_completions(app: FastAPI, gen: Generator, auth: list[Any], errors: dict
 
 
 async def _completion_events(
-    gen: Generator, name: str, pieces: Iterator[str], head: dict[str, Any], max_new: int
+    gen: Generator, stream: Stream, head: dict[str, Any], max_new: int
 ) -> AsyncIterator[dict[str, Any]]:
     text = ""
-    async for piece in gen.pieces(pieces):
+    async for piece in gen.pieces(stream):
         text += piece
         yield {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
-    _, reason = await gen.usage_of(name, text, max_new)
+    _, reason = await gen.usage_of(stream, text, max_new)
     yield {**head, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
 
 
@@ -196,8 +215,8 @@ def _add_chat(app: FastAPI, gen: Generator, auth: list[Any], errors: dict[int | 
         config = decoding(body, body.max_completion_tokens or body.max_tokens or 256)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
         if body.stream:
-            pieces = await gen.open_stream(body.model, messages, config, True)
-            return sse(_chat_events(gen, body.model, pieces, head, config.max_new_tokens))
+            stream = await gen.open_stream(body.model, messages, config, True)
+            return sse(_chat_events(gen, stream, head, config.max_new_tokens))
         (out,) = await gen.generate(body.model, [messages], config, True)
         choice = {
             "index": 0,
@@ -214,7 +233,7 @@ def _add_chat(app: FastAPI, gen: Generator, auth: list[Any], errors: dict[int | 
 
 
 async def _chat_events(
-    gen: Generator, name: str, pieces: Iterator[str], head: dict[str, Any], max_new: int
+    gen: Generator, stream: Stream, head: dict[str, Any], max_new: int
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
@@ -222,8 +241,8 @@ async def _chat_events(
 
     yield chunk({"role": "assistant", "content": ""}, None)
     text = ""
-    async for piece in gen.pieces(pieces):
+    async for piece in gen.pieces(stream):
         text += piece
         yield chunk({"content": piece}, None)
-    _, reason = await gen.usage_of(name, text, max_new)
+    _, reason = await gen.usage_of(stream, text, max_new)
     yield chunk({}, reason)

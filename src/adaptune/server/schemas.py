@@ -88,13 +88,17 @@ class AdapterList(BaseModel):
     """Every adapter served (``loaded`` true or false), adapter folders the server refused with the reason, and the
     adapter budget."""
 
-    base: str
+    base: str = Field(description="The first base model (every base: bases).")
+    bases: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each base model: name, adapters (served), budget (its own limits)."
+    )
     adapters: list[dict[str, Any]]
     refused: list[dict[str, str]]
     budget: dict[str, Any] = Field(
         default_factory=dict,
         description="max_loaded_adapters and adapter_memory_mb (null: no limit), loaded (adapters), loaded_bytes, "
-        "loads and evictions so far.",
+        "loads and evictions so far; with several bases the counts are summed and the limits (per_base: true) "
+        "apply to each base.",
     )
 
 
@@ -108,8 +112,9 @@ class AdapterAction(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
-    base: str
-    adapters: int
+    base: str = Field(description="The first base model.")
+    bases: list[str] = Field(default_factory=list, description="Every base model served.")
+    adapters: int = Field(description="Adapters served over every base, loaded or not.")
 
 
 class SamplingFields(Utf8Request):

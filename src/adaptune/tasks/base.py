@@ -58,9 +58,9 @@ class EvalOutput:
 #: name): ``classify`` (a label per input: ``/v1/classify``), ``tag`` (labelled spans: ``/v1/tag``),
 #: ``generate`` (text: ``/v1/generate`` and the OpenAI routes; prediction generates, rows are never batched by the
 #: forward batcher), ``relation`` (a directed relation between two marked entities: ``/v1/relations``),
-#: ``answer`` (an answer span found in a passage: ``/v1/answer``). New kinds join this list with the tasks that
-#: introduce them.
-TaskKind = Literal["classify", "tag", "generate", "relation", "answer"]
+#: ``answer`` (an answer span found in a passage: ``/v1/answer``), ``embed`` (a text's embedding, or given items
+#: ranked against a query: no server route yet). New kinds join this list with the tasks that introduce them.
+TaskKind = Literal["classify", "tag", "generate", "relation", "answer", "embed"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 
 
