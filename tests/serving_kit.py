@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 import uvicorn
 
@@ -121,3 +124,40 @@ def running_server(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+#: The repository root: where ``adaptune serve`` subprocesses run.
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(bases: Sequence[str], adapters: Path, *extra: str) -> Iterator[str]:
+    """The real ``adaptune serve`` command in a subprocess on a free loopback port (``extra``: more options); yields
+    its URL once /health answers, and stops it at the end."""
+    port = free_port()
+    command = [sys.executable, "-m", "adaptune.cli", "serve", "--adapters", str(adapters), "--port", str(port)]
+    for base in bases:
+        command += ["--base", base]
+    process = subprocess.Popen([*command, *extra], cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "adaptune serve did not come up"
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

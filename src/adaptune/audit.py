@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +198,15 @@ def _read_data(cfg: RunConfig, path: str) -> _Data:
     return _Data(rows, examples, labels, np.asarray([index[ex.labels[0]] for ex in examples]))
 
 
+def _audit_rows(
+    data: _Data, order: Sequence[int], suggested: np.ndarray, scores: Callable[[int], dict[str, Any]]
+) -> list[AuditRow]:
+    """The rows in ranking ``order``, each with its given and suggested label and ``scores(i)``."""
+    return [
+        AuditRow(int(i), data.rows[i], data.labels[data.given[i]], data.labels[suggested[i]], scores(i)) for i in order
+    ]
+
+
 def _dynamics(cfg: RunConfig, data: _Data, path: str, work: Path) -> AuditResult:
     from adaptune.api import train
 
@@ -207,16 +216,9 @@ def _dynamics(cfg: RunConfig, data: _Data, path: str, work: Path) -> AuditResult
     correct = np.stack([probs.argmax(1) == watcher.gold for probs in watcher.epochs])
     order, figures = dynamics_ranking(gold_probs, correct)
     suggested = watcher.epochs[-1].argmax(1)
-    rows = [
-        AuditRow(
-            int(i),
-            data.rows[i],
-            data.labels[data.given[i]],
-            data.labels[suggested[i]],
-            {name: round(float(values[i]), 6) for name, values in figures.items()},
-        )
-        for i in order
-    ]
+    rows = _audit_rows(
+        data, order, suggested, lambda i: {name: round(float(values[i]), 6) for name, values in figures.items()}
+    )
     note = f"training dynamics over {len(watcher.epochs)} epoch(s)"
     return AuditResult("dynamics", data.labels, rows, [note])
 
@@ -263,20 +265,16 @@ def _confident(cfg: RunConfig, data: _Data, folds: int, work: Path) -> AuditResu
         probs[held] = _fold_probabilities(cfg, data, train_idx, held, work / f"fold_{k + 1}")
     order, figures = confident_ranking(probs, data.given)
     suggested = probs.argmax(1)
-    rows = [
-        AuditRow(
-            int(i),
-            data.rows[i],
-            data.labels[data.given[i]],
-            data.labels[suggested[i]],
-            {
-                "self_confidence": round(float(figures["self_confidence"][i]), 6),
-                "suggested_probability": round(float(probs[i, suggested[i]]), 6),
-                "flagged": bool(figures["flagged"][i]),
-            },
-        )
-        for i in order
-    ]
+    rows = _audit_rows(
+        data,
+        order,
+        suggested,
+        lambda i: {
+            "self_confidence": round(float(figures["self_confidence"][i]), 6),
+            "suggested_probability": round(float(probs[i, suggested[i]]), 6),
+            "flagged": bool(figures["flagged"][i]),
+        },
+    )
     shown = ", ".join(f"{name} {t:.3f}" for name, t in zip(data.labels, figures["thresholds"], strict=True))
     flagged = int(figures["flagged"].sum())
     notes.append(f"confident learning over {folds} folds: {flagged} row(s) flagged; thresholds t_j: {shown}")

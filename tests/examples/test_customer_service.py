@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from example_kit import EXAMPLES, load_script, run, serving
+from example_kit import EXAMPLES, load_script, run
+from serving_kit import serving
 
 FOLDER = EXAMPLES / "customer_service"
 evaluate = load_script(FOLDER / "evaluate.py")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from example_kit import EXAMPLES, load_script, run, serving
+from example_kit import EXAMPLES, load_script, run
+from serving_kit import serving
 
 FOLDER = EXAMPLES / "finance_monitor"
 monitor = load_script(FOLDER / "monitor.py")

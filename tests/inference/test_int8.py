@@ -13,10 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ from adaptune.inference.multi import MultiPredictor
 from adaptune.model import AdaptedModel
 from adaptune.quantize import Int8Linear, QuantizeError, check_quantize, int8_layers, pack_int8, reduce_range
 from decoders.lm_tools import make_tiny_causal_llama
-from serving_kit import INTENTS, TAGS, assert_same, make_adapter
+from serving_kit import INTENTS, TAGS, assert_same, make_adapter, serving
 
 TEXTS = [
     "where is my parcel?",
@@ -235,37 +231,9 @@ def test_serve_command_with_int8(make: Make, tiny_bert: Path, tmp_path: Path) ->
     folder = tmp_path / "adapters"
     for method in ("lora", "bottleneck"):
         shutil.copytree(make("tiny_bert", method, "seq_cls"), folder / method)
-    port = free_port()
-    command = [sys.executable, "-m", "adaptune.cli", "serve", "--base", str(tiny_bert), "--adapters", str(folder)]
-    command += ["--port", str(port), "--quantize", "int8", "--precision", "fp32"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, url)
+    with serving([str(tiny_bert)], folder, "--quantize", "int8", "--precision", "fp32") as url:
         for name in ("lora", "bottleneck"):
             body = {"adapter": name, "inputs": [TEXTS[0]]}
             got = httpx.post(f"{url}/v1/classify", json=body, timeout=60).json()["predictions"][0]
             want = Predictor.load(folder / name, quantize="int8", precision="fp32").predict([TEXTS[0]])[0]
             assert_same(got, want, tol=1e-3)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "adaptune serve --quantize int8 did not come up"
-        time.sleep(0.2)

@@ -81,10 +81,12 @@ def structural_copy(model: nn.Module, private: frozenset[int] = frozenset()) -> 
 
 
 class _Described:
-    """What an adapter's config says, for :class:`Entry` and :class:`Listing` (both have ``config`` and ``task``)."""
+    """What an adapter's config says, for :class:`Entry` and :class:`Listing` (both have these fields)."""
 
+    name: str
     config: dict[str, Any]
     task: Task[Any]
+    labels: list[str]
 
     @property
     def task_name(self) -> str:
@@ -102,6 +104,17 @@ class _Described:
     @property
     def max_length(self) -> int:
         return int(self.config["max_length"])
+
+    def _description(self, batching: str | None) -> dict[str, Any]:
+        """The fields of ``GET /v1/adapters`` that the config and ``batching`` give."""
+        return {
+            "name": self.name,
+            "method": self.method_name,
+            "task": self.task_name,
+            "labels": self.labels,
+            "max_length": self.max_length,
+            "batching": batching,
+        }
 
 
 @dataclass
@@ -132,14 +145,7 @@ class Entry(_Described):
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/adapters`` shows."""
-        return {
-            "name": self.name,
-            "method": self.method_name,
-            "task": self.task_name,
-            "labels": self.labels,
-            "max_length": self.max_length,
-            "batching": self.batching,
-        }
+        return self._description(self.batching)
 
 
 @dataclass
@@ -170,16 +176,8 @@ class Listing(_Described):
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/adapters`` shows: :meth:`Entry.describe`, whether it is loaded and its bytes."""
-        return {
-            "name": self.name,
-            "method": self.method_name,
-            "task": self.task_name,
-            "labels": self.labels,
-            "max_length": self.max_length,
-            "batching": self.entry.batching if self.entry is not None else self.batching,
-            "loaded": self.entry is not None,
-            "bytes": self.nbytes,
-        }
+        batching = self.entry.batching if self.entry is not None else self.batching
+        return {**self._description(batching), "loaded": self.entry is not None, "bytes": self.nbytes}
 
 
 def read_compatible(path: Path, base_fingerprint: str | Callable[[str], str]) -> dict[str, Any]:
