@@ -252,8 +252,8 @@ def test_client_that_leaves_is_counted_499_not_as_an_error(bert_adapters: Path, 
 
 # -- adaptune serve --help -------------------------------------------------------------------------------------
 SERVE_HELP = (
-    "Serve every adapter in a folder over HTTP (classify, tag, generate, OpenAI-compatible; needs the server extra: "
-    ".venv/bin/pip install -e '.[server]', or scripts/setup.sh --test)."
+    "Serve every adapter in a folder over HTTP, each on the base it was trained on (classify, tag, generate, "
+    "OpenAI-compatible; needs the server extra: .venv/bin/pip install -e '.[server]', or scripts/setup.sh --test)."
 )
 
 
