@@ -55,20 +55,15 @@ def run_figures(work: Path) -> dict[str, Any]:
         "trainable_params": found[0]["trainable_params"] if found else 0,
         "train_tokens_per_s": round(sum(r["train_tokens_per_s"] for r in found) / max(len(found), 1), 1),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in found), default=0.0),
+        "precision": found[0]["precision"]["chosen"] if found else "fp32",
     }
 
 
 def upsert_into(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace the records of ``path`` with the same ``quality.KEY`` by ``records``, as ``quality.upsert`` does
-    (without rewriting the tables)."""
-    from quality import KEY
+    """Replace the records of ``path`` with the same ``quality.KEY`` by ``records`` (without rewriting the tables)."""
+    from quality import upsert
 
-    existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    keys = {tuple(r.get(k) for k in KEY) for r in records}
-    merged = [r for r in existing if tuple(r.get(k) for k in KEY) not in keys] + records
-    merged.sort(key=lambda r: tuple(str(r.get(k, "")) for k in KEY))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    upsert(records, path, tables=False)
 
 
 def parse_args() -> argparse.Namespace:

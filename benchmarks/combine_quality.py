@@ -127,6 +127,7 @@ def main() -> None:
         started = time.perf_counter()
         result = train_adapter(name.split(":")[1], train_file, epochs)
         adapters[name] = (result.adapter_dir, result.trainable_params, time.perf_counter() - started)
+        precision = result.results["precision"]["chosen"]  # every run here trains with the same (auto) setting
     inputs = [adapters["alone:sst2"][0], adapters["alone:financial_phrasebank"][0]]
     for how, weights, density in MERGES:
         started = time.perf_counter()
@@ -149,7 +150,7 @@ def main() -> None:
     from adaptune.hardware import host_record
 
     host = host_record(probe=True)
-    upsert([{**r, "host": host} for r in records])
+    upsert([{**r, "host": host, "precision": precision} for r in records])
 
 
 if __name__ == "__main__":

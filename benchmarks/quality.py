@@ -21,7 +21,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 #: Both READMEs carry the generated tables between the same markers (tests/test_readme_zh.py keeps them in step).
 READMES = (README, ROOT / "README.zh-CN.md")
-KEY = ("task", "dataset", "split", "model", "method", "metric", "combine")
+KEY = ("task", "dataset", "split", "model", "method", "metric", "combine", "precision")
+#: Records from before ``training.precision`` existed carry no precision: they ran in fp32 (the default then).
+LEGACY_PRECISION = "fp32"
 #: The model of the method x dataset table (other models' records are listed in the records table only).
 TABLE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -56,6 +58,7 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
             "peak_rss_mb": result.results["peak_rss_mb"],
             "wall_s": result.results["wall_s"],
             "precision": result.results["precision"]["chosen"],  # what training.precision (auto) chose
+            "precision_setting": cfg.training.precision,
             "host": host_record(probe=True),
             "command": command,
         }
@@ -106,15 +109,27 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def upsert(records: list[dict]) -> None:
-    path = RESULTS / "quality.json"
-    existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+def load_records(path: Path) -> list[dict]:
+    """The records of ``path`` (none when it is missing), each with its ``precision`` (legacy ones: fp32)."""
+    records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    for record in records:
+        record.setdefault("precision", LEGACY_PRECISION)
+    return records
+
+
+def upsert(records: list[dict], path: Path | None = None, *, tables: bool = True) -> None:
+    """Replace the records of ``path`` (``quality.json``) that have the same :data:`KEY` by ``records``, then
+    (``tables``) rewrite ``quality.md`` and the README tables."""
+    path = path or RESULTS / "quality.json"
+    if missing := [r for r in records if not r.get("precision")]:
+        raise ValueError(f"quality records need their 'precision' (what the run trained in): {missing[0]}")
     keys = {tuple(r.get(k) for k in KEY) for r in records}
-    merged = [r for r in existing if tuple(r.get(k) for k in KEY) not in keys] + records
+    merged = [r for r in load_records(path) if tuple(r.get(k) for k in KEY) not in keys] + records
     merged.sort(key=lambda r: tuple(str(r.get(k, "")) for k in KEY))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_tables(merged)
+    if tables:
+        write_tables(merged)
 
 
 def method_table(records: list[dict]) -> list[str]:
@@ -122,7 +137,11 @@ def method_table(records: list[dict]) -> list[str]:
     records = [r for r in records if r["model"] == TABLE_MODEL and in_method_table(r)]
     datasets = sorted({r["dataset"] for r in records})
     methods = sorted({r["method"] for r in records}, key=lambda m: (m != "head", m))
-    cells = {(r["method"], r["dataset"]): r for r in records}
+    cells: dict[tuple[str, str], dict] = {}
+    for r in records:  # one record per cell: the fp32 one where a cell was measured in several precisions
+        key = (r["method"], r["dataset"])
+        if key not in cells or r.get("precision") == "fp32":
+            cells[key] = r
     header = [f"{d} ({cells_metric(records, d)})" for d in datasets]
     lines = ["| method | default LR | " + " | ".join(header) + " |", "|---|--:|" + "--:|" * len(datasets)]
     for method in methods:
@@ -133,6 +152,31 @@ def method_table(records: list[dict]) -> list[str]:
             for d in datasets
         ]
         lines.append(f"| {method} | {default_learning_rate(method):g} | " + " | ".join(row) + " |")
+    return lines
+
+
+def precision_table(records: list[dict]) -> list[str]:
+    """Every run measured in fp32 and in another precision (what ``precision: auto`` chose on a bf16 host): the
+    two headline figures side by side, the difference in points, and the hosts' bf16/fp32 matmul rates."""
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if in_method_table(r):
+            by_key.setdefault(tuple(r.get(k) for k in KEY if k != "precision"), {})[r.get("precision")] = r
+    lines = [
+        "| dataset (split) | model | method | metric | fp32 | other precision | difference (points) | wall s fp32 / other |",
+        "|---|---|---|---|--:|--:|--:|--:|",
+    ]
+    for by_precision in by_key.values():
+        fp32 = by_precision.get("fp32")
+        for precision, other in sorted(by_precision.items()):
+            if fp32 is None or precision == "fp32":
+                continue
+            setting = f" ({other['precision_setting']})" if other.get("precision_setting") else ""
+            lines.append(
+                f"| {other['dataset']} ({other['split']}) | {other['model'].rsplit('/', 1)[-1]} | {other['method']} | "
+                f"{other['metric']} | {fp32['value']:.4f} | {other['value']:.4f} {precision}{setting} | "
+                f"{100 * (other['value'] - fp32['value']):+.2f} | {fp32['wall_s']:,.0f} / {other['wall_s']:,.0f} |"
+            )
     return lines
 
 
@@ -157,13 +201,14 @@ def cells_metric(records: list[dict], dataset: str) -> str:
 def records_table(records: list[dict]) -> list[str]:
     """Every record, with the command that reproduces it."""
     lines = [
-        "| task | dataset (split) | model | method | metric | value | trainable params | train tok/s | peak RSS MB "
-        "| wall s | command |",
-        "|---|---|---|---|---|--:|--:|--:|--:|--:|---|",
+        "| task | dataset (split) | model | method | metric | value | precision | trainable params | train tok/s "
+        "| peak RSS MB | wall s | command |",
+        "|---|---|---|---|---|--:|---|--:|--:|--:|--:|---|",
     ]
     lines += [
         f"| {r['task']} | {r['dataset']} ({r['split']}) | {r['model'].rsplit('/', 1)[-1]} | {method_cell(r)} | "
-        f"{r['metric']} | {value_cell(r)} | {r['trainable_params']:,} | {r['train_tokens_per_s']:,.0f} | "
+        f"{r['metric']} | {value_cell(r)} | {r.get('precision', LEGACY_PRECISION)} | {r['trainable_params']:,} | "
+        f"{r['train_tokens_per_s']:,.0f} | "
         f"{r['peak_rss_mb']:,.0f} | {r['wall_s']:,.0f} | `{r['command']}` |"
         for r in records
     ]
@@ -184,13 +229,14 @@ def value_cell(record: dict) -> str:
 
 def write_tables(merged: list[dict]) -> None:
     """``quality.md`` (the method x dataset table, then every record) and the same two tables in README.md."""
-    lines = [*method_table(merged), "", *records_table(merged)]
+    lines = [*method_table(merged), "", *precision_table(merged), "", *records_table(merged)]
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for readme in READMES:
         if readme.is_file():
             text = readme.read_text(encoding="utf-8")
             text = replace_between(text, "methods-table", method_table(merged))
             text = replace_between(text, "quality-records", records_table(merged))
+            text = replace_between(text, "precision-table", precision_table(merged))
             readme.write_text(text, encoding="utf-8")
 
 
@@ -212,7 +258,7 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tables:
-        write_tables(json.loads((RESULTS / "quality.json").read_text(encoding="utf-8")))
+        write_tables(load_records(RESULTS / "quality.json"))
         return
     if args.in_process:
         print(json.dumps(run_one(args.names[0], args.overrides)))

@@ -33,7 +33,8 @@ def record(**fields: Any) -> dict[str, Any]:
 
 
 def upsert(records: list[dict[str, Any]]) -> None:
-    """Replace the records with the same key (task, dataset, split, model, method, metric, combine), keep the rest."""
+    """Replace the records with the same key (``quality.KEY``: task, dataset, split, model, method, metric, combine,
+    precision), keep the rest."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from quality import upsert as upsert_quality
 
