@@ -163,7 +163,8 @@ def precision_table(records: list[dict]) -> list[str]:
         if in_method_table(r):
             by_key.setdefault(tuple(r.get(k) for k in KEY if k != "precision"), {})[r.get("precision")] = r
     lines = [
-        "| dataset (split) | model | method | metric | fp32 | other precision | difference (points) | wall s fp32 / other |",
+        "| dataset (split) | model | method | metric | fp32 | other precision | difference (points) "
+        "| wall s fp32 / other |",
         "|---|---|---|---|--:|--:|--:|--:|",
     ]
     for by_precision in by_key.values():

@@ -16,9 +16,20 @@ from typer.core import TyperGroup
 
 from adaptune.cli_board import board
 from adaptune.cli_combine import combine
-from adaptune.cli_common import err_console, fail, input_name, read_inputs
+from adaptune.cli_common import (
+    DEVICE_HELP,
+    PRECISION_HELP,
+    QUANTIZE_HELP,
+    Precision,
+    Quantize,
+    err_console,
+    fail,
+    input_name,
+    read_inputs,
+)
 from adaptune.cli_data import audit, select
 from adaptune.cli_generate import chat, generate
+from adaptune.cli_serve import serve
 from adaptune.cli_tune import tune
 from adaptune.errors import AdaptuneError, DataError
 from adaptune.extras import as_missing_extra
@@ -95,32 +106,6 @@ def train(
     for split in result.results["splits"].values():
         typer.echo((result.output_dir / split["files"]["table"]).read_text(encoding="utf-8"))
     _echo_summary(result, "tables, plots and predictions")
-
-
-DEVICE_HELP = "Where to run: auto (CUDA when torch sees one), cpu, cuda or cuda:N."
-
-
-class Precision(StrEnum):
-    """``--precision`` of predict, eval and serve (:func:`adaptune.hardware.choose_precision`)."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-PRECISION_HELP = (
-    "auto: bf16 autocast where it is faster (a GPU with bf16, a CPU whose bf16 matmuls measure >= 1.3x fp32), "
-    "else fp32; or fp32, bf16."
-)
-
-
-class Quantize(StrEnum):
-    """``--quantize`` of predict, eval and serve (:mod:`adaptune.quantize`)."""
-
-    int8 = "int8"
-
-
-QUANTIZE_HELP = "int8: the base model's linear layers on int8 weights (CPU only; adapter and head stay float)."
 
 
 def _torchrun(nproc: int, argv: list[str]) -> int:
@@ -242,6 +227,7 @@ app.command()(board)  # adaptune.cli_board: the web board (train, evaluate, try)
 app.command()(select)  # adaptune.cli_data: pool rows closest to a target sample, or most uncertain
 app.command()(audit)  # adaptune.cli_data: training rows ranked by how likely their label is wrong
 app.command()(tune)  # adaptune.cli_tune: hyper-parameter search with optuna
+app.command()(serve)  # adaptune.cli_serve: every adapter of a folder over HTTP
 
 
 @app.command()
@@ -500,71 +486,6 @@ def show_config(
         fail(err)
         return
     sys.stdout.write(dump(data, fmt.value))
-
-
-@app.command()
-def serve(
-    base: Annotated[
-        list[str],
-        typer.Option(
-            help="Base model (hub id or folder) the adapters were trained on; give --base several times to serve "
-            "adapters of several bases from one process (each adapter on the base it records)."
-        ),
-    ],
-    adapters: Annotated[Path, typer.Option(help="Folder of adapter folders; each is served under its folder name.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="ADAPTUNE_API_KEY", help="Require 'Authorization: Bearer <key>'.")
-    ] = None,
-    max_batch: Annotated[int, typer.Option(help="Most inputs per request and rows per forward pass.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a micro-batch to fill.")] = 5.0,
-    max_input_tokens: Annotated[int, typer.Option(help="Longest input (or prompt) in tokens.")] = 512,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes.")] = 1_000_000,
-    threads: Annotated[int | None, typer.Option(help="torch threads for the model (default: torch's).")] = None,
-    padding_free: Annotated[
-        bool, typer.Option(help="Run mixed batches on their real tokens only (encoder bases; same results).")
-    ] = True,
-    max_loaded_adapters: Annotated[
-        int | None,
-        typer.Option(min=1, help="Most adapters loaded at once, per base; least recently used evicted first."),
-    ] = None,
-    adapter_memory_mb: Annotated[
-        float | None, typer.Option(help="Most MiB of adapter tensors loaded at once, per base (LRU eviction beyond).")
-    ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = Precision.auto,
-    quantize: Annotated[Quantize | None, typer.Option(help=QUANTIZE_HELP)] = None,
-) -> None:
-    """Serve every adapter in a folder over HTTP, each on the base it was trained on (classify, tag, generate,
-    OpenAI-compatible; needs the server extra: .venv/bin/pip install -e '.\\[server]', or scripts/setup.sh --test)."""
-    from adaptune.server import serve as run_server
-    from adaptune.server.app import ServerSettings
-
-    settings = ServerSettings(
-        max_batch,
-        max_wait_ms,
-        max_input_tokens,
-        max_body_bytes,
-        api_key,
-        padding_free,
-        max_loaded_adapters=max_loaded_adapters,
-        adapter_memory_mb=adapter_memory_mb,
-    )
-    try:
-        run_server(
-            base,
-            adapters,
-            host=host,
-            port=port,
-            settings=settings,
-            threads=threads,
-            device=device,
-            precision=precision.value,
-            quantize=quantize.value if quantize else None,
-        )
-    except (AdaptuneError, FileNotFoundError) as err:
-        fail(err)
 
 
 def main() -> None:

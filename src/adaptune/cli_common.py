@@ -1,9 +1,11 @@
-"""Helpers shared by the ``adaptune`` CLI modules: the error console, the one-line failure, reading inputs."""
+"""Helpers shared by the ``adaptune`` CLI modules: the error console, the one-line failure, reading inputs, and the
+``--device`` / ``--precision`` / ``--quantize`` options of predict, eval and serve."""
 
 from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -11,6 +13,31 @@ from rich.console import Console
 from rich.markup import escape
 
 err_console = Console(stderr=True)
+
+DEVICE_HELP = "Where to run: auto (CUDA when torch sees one), cpu, cuda or cuda:N."
+
+
+class Precision(StrEnum):
+    """``--precision`` of predict, eval and serve (:func:`adaptune.hardware.choose_precision`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PRECISION_HELP = (
+    "auto: bf16 autocast where it is faster (a GPU with bf16, a CPU whose bf16 matmuls measure >= 1.3x fp32), "
+    "else fp32; or fp32, bf16."
+)
+
+
+class Quantize(StrEnum):
+    """``--quantize`` of predict, eval and serve (:mod:`adaptune.quantize`)."""
+
+    int8 = "int8"
+
+
+QUANTIZE_HELP = "int8: the base model's linear layers on int8 weights (CPU only; adapter and head stay float)."
 
 
 def fail(err: Exception) -> None:
