@@ -21,7 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 #: Both READMEs carry the generated tables between the same markers (tests/test_readme_zh.py keeps them in step).
 READMES = (README, ROOT / "README.zh-CN.md")
-KEY = ("task", "dataset", "split", "model", "method", "metric", "combine", "precision")
+KEY = ("task", "dataset", "split", "model", "method", "metric", "combine", "precision", "train_rows", "setting")
 #: Records from before ``training.precision`` existed carry no precision: they ran in fp32 (the default then).
 LEGACY_PRECISION = "fp32"
 #: The model of the method x dataset table (other models' records are listed in the records table only).
@@ -217,14 +217,21 @@ def records_table(records: list[dict]) -> list[str]:
 
 
 def method_cell(record: dict) -> str:
-    """The method, with the merge of ``adaptune combine`` (or ``alone:<dataset>``, an input) when there is one."""
-    return f"{record['method']} ({record['combine']})" if "combine" in record else record["method"]
+    """The method, with the merge of ``adaptune combine`` (or ``alone:<dataset>``, an input) when there is one, and
+    the setting and training rows of a run on a subset (``benchmarks/low_resource.py``)."""
+    if "combine" in record:
+        return f"{record['method']} ({record['combine']})"
+    if "setting" in record:
+        return f"{record['method']} ({record['setting']}, {record.get('train_rows', '?')} rows)"
+    return record["method"]
 
 
 def value_cell(record: dict) -> str:
     """The value, as 'before → after' when the run evaluated dev before training too."""
     if "value_at_start" in record:
         return f"{record['value_at_start']:.4f} → {record['value']:.4f}"
+    if "std" in record:  # the mean over seeds
+        return f"{record['value']:.4f} ± {record['std']:.4f} ({len(record.get('values', []))} seeds)"
     return f"{record['value']:.4f}"
 
 

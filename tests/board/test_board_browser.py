@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from board_kit import wait_for
+from serving_kit import free_port
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -40,17 +41,11 @@ def _needs_browser() -> None:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def board_url(board_dirs: tuple[Path, Path], tmp_path: Path) -> Iterator[str]:
     """A real ``adaptune board`` on a free loopback port over the test's folders."""
     runs, data = board_dirs
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "adaptune", "board", "--port", str(port), "--runs", str(runs), "--data", str(data)]
     log = (tmp_path / "board-server.log").open("wb")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
