@@ -40,7 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 ADAPTERS_PYTHON = ROOT / ".venv-adapters" / "bin" / "python"
 TOOLS = ("adaptune", "peft", "adapters")
-#: adaptune variants: name -> (TrainingConfig switches, needs frozen bottom blocks, bf16 only)
+#: Every switch off: ``training.fast_dropout`` defaults to auto (on for CPU training), so plain says false.
+PLAIN: dict[str, Any] = {"fast_dropout": False}
+#: adaptune variants: name -> (TrainingConfig switches, needs frozen bottom blocks, bf16 only); each alone, on
+#: top of :data:`PLAIN`.
 VARIANTS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "plain": ({}, False, False),
     "bf16_base": ({"bf16_base": True}, False, True),
@@ -73,7 +76,7 @@ def fast_switches(method: str, precision: str) -> dict[str, Any]:
 def adaptune_variants(method: str, precision: str, ablation: bool) -> list[tuple[str, dict[str, Any]]]:
     """``plain``, ``fast`` (all applicable speed switches) and ``lean`` (``fast`` with ``trim_memory``), plus
     each switch alone with ``ablation``."""
-    runs = [("plain", {})]
+    runs = [("plain", dict(PLAIN))]
     fast = fast_switches(method, precision)
     if ablation:
         for name, (switches, needs_frozen, bf16_only) in VARIANTS.items():
@@ -83,7 +86,7 @@ def adaptune_variants(method: str, precision: str, ablation: bool) -> list[tuple
                 and (not needs_frozen or frozen_bottom(method))
                 and (not bf16_only or precision == "bf16")
             ):
-                runs.append((name, switches))
+                runs.append((name, {**PLAIN, **switches}))
     if fast and fast not in [s for _n, s in runs]:
         runs.append(("fast", fast))
     runs.append(("lean", {**fast, "trim_memory": True}))

@@ -57,7 +57,7 @@ HPARAMS = {"learning_rate": 3e-4, "weight_decay": 0.01, "warmup_ratio": 0.03, "m
 IGNORE = -100
 #: adaptune's runs: training-config switches of each variant (peft runs once, plain).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
+    "plain": {"fast_dropout": False},  # every switch off (training.fast_dropout defaults to auto)
     "fast": {"padding_free": True},
     "low_memory": {"padding_free": True, "activation_checkpointing": 1},
     "fast_trimmed": {"padding_free": True, "trim_memory": True},

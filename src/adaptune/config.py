@@ -199,13 +199,14 @@ class TrainingConfig(StrictModel):
         "example): the same results with less work when batches carry padding (bucket_by_length: false, or "
         "lengths that vary a lot). Encoders and decoders; not with prompt/prefix tuning or the activation cache.",
     )
-    fast_dropout: bool = Field(
-        False,
+    fast_dropout: bool | Literal["auto"] = Field(
+        "auto",
         description="Draw the training dropout masks (the backbone's, the adapter's and the head's, attention "
         "probabilities included when the backbone runs SDPA attention) from 16-bit random lanes instead of "
         "torch's per-element Bernoulli draws: same distribution, p rounded to a multiple of 1/65536, about 3x "
         "cheaper masks on CPU (adaptune.fast_dropout); torch.manual_seed still makes runs reproducible, with "
-        "other masks than torch's. Eval is unchanged. Not with padding_free or compile.",
+        "other masks than torch's. Eval is unchanged. auto: on when training on a CPU without padding_free or "
+        "compile (which it cannot be combined with); true / false: as asked.",
     )
     compile: bool = Field(
         False,
@@ -262,7 +263,7 @@ class TrainingConfig(StrictModel):
                 "config key 'training.padding_free' = true cannot be combined with training.compile or "
                 "training.activation_cache (they need the padded batch layout); choose one"
             )
-        if self.fast_dropout and (self.padding_free or self.compile):
+        if self.fast_dropout is True and (self.padding_free or self.compile):
             raise ConfigError(
                 "config key 'training.fast_dropout' = true cannot be combined with training.padding_free (which "
                 "sets its own attention implementation for packed batches) or training.compile (which generates "

@@ -282,4 +282,23 @@ def test_config_validation() -> None:
         with pytest.raises(ConfigError, match="training.fast_dropout"):
             validate_config({"training": {"fast_dropout": True, **other}})
     cfg = validate_config({"training": {"fast_dropout": True, "bf16": True, "bf16_base": True}})
-    assert cfg.training.fast_dropout and not TrainingConfig().fast_dropout
+    assert cfg.training.fast_dropout is True and TrainingConfig().fast_dropout == "auto"
+    for other in ({"padding_free": True}, {"compile": True}):  # auto steps aside for them
+        assert validate_config({"training": other}).training.fast_dropout == "auto"
+
+
+def test_auto_turns_fast_dropout_on_for_cpu_training_only(tiny_bert: Path, tmp_path: Path) -> None:
+    """``auto``: on for a model on the CPU, off beside padding_free or compile; true / false as asked."""
+    from adaptune.training.fast import uses_fast_dropout
+
+    model = build(tiny_bert)
+    assert uses_fast_dropout(TrainingConfig(), model)
+    assert not uses_fast_dropout(TrainingConfig(padding_free=True), model)
+    assert not uses_fast_dropout(TrainingConfig(compile=True), model)
+    assert not uses_fast_dropout(TrainingConfig(fast_dropout=False), model)
+    fast = FastPath(model, TrainingConfig(), [8] * 5, tmp_path, "right")
+    assert any(isinstance(m, fd.FastDropout) for m in model.modules()), "auto patches dropout on the CPU"
+    fast.close()
+    with torch.device("meta"):
+        on_meta = nn.Linear(2, 2)
+    assert not uses_fast_dropout(TrainingConfig(), on_meta), "off a CPU, auto keeps torch's dropout"

@@ -178,6 +178,16 @@ def _rows(hidden: torch.Tensor, mask: torch.Tensor, padding_side: str) -> Iterat
         yield hidden[row, width - length :] if padding_side == "left" else hidden[row, :length]
 
 
+def uses_fast_dropout(cfg: TrainingConfig, model: nn.Module) -> bool:
+    """``training.fast_dropout``: as asked, or (``auto``) on where it pays and fits: a model on the CPU (on a GPU
+    torch's fused dropout kernels are cheap and SDPA's fused attention would be lost), without padding_free or
+    compile."""
+    if cfg.fast_dropout != "auto":
+        return bool(cfg.fast_dropout)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return on_cpu and not (cfg.padding_free or cfg.compile)
+
+
 class FastPath:
     """The training forward with the speed switches of ``cfg`` applied (the plain ``model(batch)`` when off)."""
 
@@ -206,7 +216,7 @@ class FastPath:
         self.no_grad_prefix = self.depth > 0 and (cfg.frozen_prefix_no_grad or self.cache is not None)
         if cfg.padding_free:
             enable_padding_free(model)
-        self.dropout_patch = fast_dropout.enable(model) if cfg.fast_dropout else None
+        self.dropout_patch = fast_dropout.enable(model) if uses_fast_dropout(cfg, model) else None
         if cfg.bf16_base:
             cast_frozen_to_bf16(model)
         if cfg.activation_checkpointing:
