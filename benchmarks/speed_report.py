@@ -259,6 +259,11 @@ def chart(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def record_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What one train_speed.json record measures: model, method, tool, precision and adaptune variant."""
+    return tuple(record.get(k) for k in ("model", "method", "tool", "precision", "variant"))
+
+
 def write_results(
     folder: Path,
     records: list[dict[str, Any]],
@@ -268,14 +273,16 @@ def write_results(
     quick: bool,
     pairs: dict[str, Any] | None = None,
 ) -> None:
-    """``train_speed.json`` (the records), ``train_speed.md`` (with the target ratios) and ``train_speed.png``
+    """``train_speed.json`` (the records, upserted by :func:`record_key`), ``train_speed.md`` (this run's, with
+    the target ratios) and ``train_speed.png``
     (quick runs write ``train_speed_quick.*``, so that they never replace the full table)."""
     stem = "train_speed_quick" if quick else "train_speed"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
-    models = {r["model"] for r in records}  # other models' records (train_speed_lm.py's SmolLM2 rows) stay
+    # upserted: a run of some methods (``--methods``) keeps the other rows, and train_speed_lm.py's SmolLM2 rows
+    fresh = {record_key(r) for r in records}
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    kept = [r for r in previous if r["model"] not in models]
+    kept = [r for r in previous if record_key(r) not in fresh]
     path.write_text(json.dumps(kept + records, indent=2) + "\n", encoding="utf-8")
     table = markdown(records, peaks, command, pairs)
     (folder / f"{stem}.md").write_text(table, encoding="utf-8")
