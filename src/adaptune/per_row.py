@@ -40,11 +40,19 @@ class SlotTable:
         # a packed (padding-free) batch: (slot, start, end) token ranges of the one packed row, slot 0 left out
         self.segments: list[tuple[int, int, int]] | None = None
         self.tokens = 0
+        self._padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def rebuild(self, indices: list[int]) -> None:
         """``indices``: the global index of each adapter at this host, in slot order (slots 1..n)."""
         table = torch.zeros(max([0, *indices]) + 1, dtype=torch.long)
         for slot, index in enumerate(indices, start=1):
+            table[index] = slot
+        self.slot_of = table
+
+    def assign(self, slot_of: dict[int, int]) -> None:
+        """Global adapter index -> its slot here (slots need not be dense: a kernel may reuse freed ones)."""
+        table = torch.zeros(max([0, *slot_of]) + 1, dtype=torch.long)
+        for index, slot in slot_of.items():
             table[index] = slot
         self.slot_of = table
 
@@ -67,13 +75,28 @@ class SlotTable:
                 segments.append((slot, start, end))
         self.segments = [seg for seg in segments if seg[0] != 0 and seg[2] > seg[1]]
         self.tokens = packing.tokens
+        self._padded = None
+
+    def padded_segments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bound packed batch's segments side by side, for one batched matmul over all of them instead of
+        one per segment: token positions ``(k, L)`` (padding points at token 0), their mask ``(k, L)`` and the
+        segments' slots ``(k,)``; ``L`` is the longest segment. Built once per batch."""
+        if self._padded is None:
+            assert self.segments is not None
+            table = torch.tensor(self.segments, dtype=torch.long).view(-1, 3)
+            slots, starts, lengths = table[:, 0], table[:, 1], table[:, 2] - table[:, 1]
+            steps = torch.arange(int(lengths.max()) if len(self.segments) else 0)
+            mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
+            positions = torch.where(mask, starts.unsqueeze(1) + steps.unsqueeze(0), 0)
+            self._padded = (positions, mask, slots)
+        return self._padded
 
     def packed(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is the packed row ``(1, T, d)`` of the bound padding-free batch."""
         return self.segments is not None and x.dim() == 3 and x.shape[0] == 1 and x.shape[1] == self.tokens
 
     def clear(self) -> None:
-        self.local, self.segments, self.tokens = None, None, 0
+        self.local, self.segments, self.tokens, self._padded = None, None, 0, None
 
 
 @runtime_checkable

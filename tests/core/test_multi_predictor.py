@@ -145,3 +145,70 @@ def test_per_row_rows_on_a_left_padded_decoder_equal_the_predictor(tmp_path: Pat
         want = Predictor.load(root / "lora", base=str(base)).predict(texts)
         for got, expected in zip(multi.predict("lora", texts), want, strict=True):
             assert_same(got, expected)
+
+
+def test_packed_lora_batches_many_adapters_as_one_matmul_pair() -> None:
+    """A padding-free batch of many adapters at one LoRA host: the batched path (all token ranges side by side in
+    one pair of bmm) adds exactly what each adapter's own two matmuls on its range add, and padding adds nothing."""
+    from adaptune.methods.lora import MultiLoRA
+    from adaptune.padding_free import Packing
+
+    torch.manual_seed(0)
+    d_in, d_out, ranks = 6, 5, [2, 3, 1, 2]
+    kernel = MultiLoRA(d_in, d_out)
+    weights = {i + 1: (torch.randn(d_in, r), torch.randn(r, d_out)) for i, r in enumerate(ranks)}
+    for index, pair in weights.items():
+        kernel.add_weights(index, pair)
+    kernel.rebuild()
+    rows = torch.tensor([1, 0, 3, 2, 4, 1, 2])  # adapter 0 (no LoRA) in the middle; 1 and 2 twice, apart
+    lengths = [3, 2, 4, 1, 2, 5, 1]
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    packing = Packing(torch.arange(starts[-1]), (len(rows), max(lengths)), starts, torch.ones(1))
+    kernel.bind(rows, packing)
+    x, out = torch.randn(1, starts[-1], d_in), torch.randn(1, starts[-1], d_out)
+    assert len(kernel.slots.segments or []) > MultiLoRA.LOOP_SEGMENTS
+    with torch.no_grad():
+        got = kernel.apply(x, out.clone())  # in place, as in the server's no-grad forward
+    want = out[0].clone()
+    for row, adapter in enumerate(rows.tolist()):
+        if adapter:
+            a, b = weights[adapter]
+            want[starts[row] : starts[row + 1]] += x[0, starts[row] : starts[row + 1]] @ a @ b
+    torch.testing.assert_close(got[0], want)
+    kernel.clear()
+
+
+def test_lora_slots_are_reused_and_the_stack_grows_by_doubling() -> None:
+    """Loading writes one slot, unloading zeroes it for the next load; the stack doubles when full and re-pads for
+    a larger rank; every member's update stays its own throughout."""
+    from adaptune.methods.lora import MultiLoRA
+
+    torch.manual_seed(1)
+    kernel = MultiLoRA(4, 3)
+    weights = {i: (torch.randn(4, 2), torch.randn(2, 3)) for i in range(1, 6)}
+
+    def check() -> None:
+        for index in kernel.members:
+            slot = kernel.slot_of[index]
+            assert int(kernel.slots.slot_of[index]) == slot
+            a, b = weights[index]
+            torch.testing.assert_close(kernel.a_t[slot, :, : a.shape[1]] @ kernel.b_t[slot, : a.shape[1]], a @ b)
+        assert len(set(kernel.slot_of.values())) == len(kernel.slot_of)
+
+    for index in (1, 2, 3):
+        kernel.add_weights(index, weights[index])
+        kernel.rebuild()
+    assert kernel.a_t.shape[0] - 1 == 4  # capacity 2, then doubled to 4 by the third
+    check()
+    slot = kernel.slot_of[2]
+    assert kernel.remove(2)
+    kernel.rebuild()
+    assert not kernel.a_t[slot].any() and 2 not in kernel.slot_of
+    kernel.add_weights(4, weights[4])
+    kernel.rebuild()
+    assert kernel.slot_of[4] == slot, "a freed slot is reused"
+    weights[5] = (torch.randn(4, 6), torch.randn(6, 3))  # a larger rank: the stack re-pads
+    kernel.add_weights(5, weights[5])
+    kernel.rebuild()
+    assert kernel.a_t.shape[2] == 6
+    check()

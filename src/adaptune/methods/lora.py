@@ -213,20 +213,27 @@ def lora_weights(lora: LoRA) -> LoRAWeights:
     return a.T.contiguous().float(), b.T.contiguous().float()
 
 
-class MultiLoRA(SlotKernel[LoRAWeights]):
+class MultiLoRA(SlotKernel[int]):
     """All loaded LoRA updates of one host linear map ``d_in -> d_out``, applied per row (the module docstring's
     formula; a :class:`~adaptune.per_row.PerRowKernel`).
 
     ``apply(x (B, ..., d_in), out (B, ..., d_out)) -> (B, ..., d_out)`` adds row ``i``'s update; rows whose
     slot is 0 (no LoRA here) get ``out`` unchanged (their padded weights are zero). A padding-free batch
     ``(1, T, d_in)`` gets each adapter's update on its own token range.
+
+    The stacked matrices are the only copy of the members' weights (``members``: index -> rank). A load writes
+    into a free slot and an unload zeroes its slot for reuse; the stack grows by doubling (and re-pads when a
+    larger rank arrives), so loading or evicting one of n adapters costs one slot, not a restack of all n.
     """
 
     def __init__(self, d_in: int, d_out: int) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
-        self.a_t = torch.zeros(1, d_in, 1)  # (n + 1, d_in, r_max)
-        self.b_t = torch.zeros(1, 1, d_out)  # (n + 1, r_max, d_out), scaling folded in
+        self.a_t = torch.zeros(1, d_in, 1)  # (capacity + 1, d_in, r_max)
+        self.b_t = torch.zeros(1, 1, d_out)  # (capacity + 1, r_max, d_out), scaling folded in
+        self.slot_of: dict[int, int] = {}  # member index -> its slot (1..capacity)
+        self.free: list[int] = []
+        self.incoming: dict[int, LoRAWeights] = {}  # added, written into a slot at the next rebuild
 
     @classmethod
     def for_member(cls, module: nn.Module) -> MultiLoRA:
@@ -237,21 +244,51 @@ class MultiLoRA(SlotKernel[LoRAWeights]):
     def add(self, index: int, module: nn.Module) -> None:
         """Adapter ``index``'s update at this host (:func:`lora_weights`; call :meth:`rebuild` after)."""
         assert isinstance(module, LoRA)
-        self.members[index] = lora_weights(module)
+        self.add_weights(index, lora_weights(module))
+
+    def add_weights(self, index: int, weights: LoRAWeights) -> None:
+        """Adapter ``index``'s ``(A^T (d_in, r), (s B)^T (r, d_out))`` (call :meth:`rebuild` after)."""
+        self.incoming[index] = weights
+        self.members[index] = weights[0].shape[1]
+
+    def remove(self, index: int) -> bool:
+        self.incoming.pop(index, None)
+        return super().remove(index)
 
     def rebuild(self) -> None:
-        """Stack the members' matrices, zero-padding ranks to the largest; slot 0 stays zero."""
-        order = sorted(self.members)
-        r_max = max([1, *(self.members[i][0].shape[1] for i in order)])
-        device = self.members[order[0]][0].device if order else None
-        a_t = torch.zeros(len(order) + 1, self.d_in, r_max, device=device)
-        b_t = torch.zeros(len(order) + 1, r_max, self.d_out, device=device)
-        for slot, index in enumerate(order, start=1):
-            a, b = self.members[index]
-            a_t[slot, :, : a.shape[1]] = a
-            b_t[slot, : b.shape[0]] = b
+        """Zero and free the slots of removed members, then write the incoming ones into free slots (growing the
+        stack first when it is full or a rank is larger than any before); slot 0 stays zero."""
+        for index in [i for i in self.slot_of if i not in self.members]:
+            slot = self.slot_of.pop(index)
+            self.a_t[slot].zero_()
+            self.b_t[slot].zero_()
+            self.free.append(slot)
+        if self.incoming:
+            r_max = max(self.a_t.shape[2], *(a.shape[1] for a, _ in self.incoming.values()))
+            needed = len(self.incoming) - len(self.free)
+            if needed > 0 or r_max > self.a_t.shape[2]:
+                capacity = self.a_t.shape[0] - 1
+                grown = max(capacity, 1) * 2 if needed > 0 else capacity
+                self._grow(max(grown, capacity + needed), r_max, next(iter(self.incoming.values()))[0].device)
+            for index, (a, b) in self.incoming.items():
+                slot = self.free.pop()
+                self.a_t[slot].zero_()
+                self.b_t[slot].zero_()
+                self.a_t[slot, :, : a.shape[1]] = a
+                self.b_t[slot, : b.shape[0]] = b
+                self.slot_of[index] = slot
+            self.incoming.clear()
+        self.slots.assign(self.slot_of)
+
+    def _grow(self, capacity: int, r_max: int, device: torch.device) -> None:
+        """Room for ``capacity`` members of rank up to ``r_max``: the stack copied into a larger one."""
+        old = self.a_t.shape[0] - 1
+        a_t = torch.zeros(capacity + 1, self.d_in, r_max, device=device)
+        b_t = torch.zeros(capacity + 1, r_max, self.d_out, device=device)
+        a_t[: old + 1, :, : self.a_t.shape[2]] = self.a_t.to(device)
+        b_t[: old + 1, : self.b_t.shape[1]] = self.b_t.to(device)
         self.a_t, self.b_t = a_t, b_t
-        self.slots.rebuild(order)
+        self.free.extend(range(capacity, old, -1))  # popped from the end: the lowest new slot first
 
     def __call__(self, _host: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         """The host's forward hook: its input ``args[0]`` and output ``output`` -> :meth:`apply`."""
@@ -263,15 +300,29 @@ class MultiLoRA(SlotKernel[LoRAWeights]):
         if local is None or not self.active:
             return out
         if self.slots.packed(x):  # padding-free: each adapter's tokens are one contiguous range
-            assert self.slots.segments is not None
-            tokens, result = x[0], out[0] if not torch.is_grad_enabled() else out[0].clone()
-            for slot, start, end in self.slots.segments:
-                delta = (tokens[start:end].to(self.a_t.dtype) @ self.a_t[slot]) @ self.b_t[slot]
-                result[start:end] += delta.to(result.dtype)
-            return result.unsqueeze(0)
+            return self._packed(x[0], out[0] if not torch.is_grad_enabled() else out[0].clone()).unsqueeze(0)
         flat = x.reshape(x.shape[0], -1, self.d_in)
         delta = torch.bmm(torch.bmm(flat, self.a_t[local]), self.b_t[local])
         return out + delta.reshape(out.shape).to(out.dtype)
+
+    #: Segments of a packed batch up to which each runs its own two matmuls; beyond, one batched pair serves all.
+    LOOP_SEGMENTS = 2
+
+    def _packed(self, tokens: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """A padding-free batch's tokens ``(T, d_in)``: ``result (T, d_out)`` plus each adapter's update on its own
+        token range, in place. A batch of many adapters gathers the ranges side by side (``(k, L, d_in)``) for one
+        pair of ``bmm`` instead of a pair of matmuls (and Python's loop) per adapter."""
+        segments = self.slots.segments
+        assert segments is not None
+        if len(segments) <= self.LOOP_SEGMENTS:
+            for slot, start, end in segments:
+                delta = (tokens[start:end].to(self.a_t.dtype) @ self.a_t[slot]) @ self.b_t[slot]
+                result[start:end] += delta.to(result.dtype)
+            return result
+        positions, mask, slots = self.slots.padded_segments()
+        gathered = tokens.to(self.a_t.dtype)[positions]  # (k, L, d_in); padding rows repeat token 0
+        delta = torch.bmm(torch.bmm(gathered, self.a_t[slots]), self.b_t[slots]) * mask.unsqueeze(-1)
+        return result.index_add_(0, positions.reshape(-1), delta.reshape(-1, self.d_out).to(result.dtype))
 
 
 def _adapter_hook(lora: LoRA, host: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
