@@ -24,8 +24,8 @@ Records go to ``benchmarks/results/quality.json`` (``"train_rows": 500``, ``"set
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import random
 import statistics
 import sys
 import time
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sweep_defaults import sample_sst2, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -50,14 +51,10 @@ AUGMENT = {"copies": 1, "ops": ["swap", "delete", "insert"], "p": 0.1}
 
 def write_data(rows: int, val_rows: int, seed: int, out: Path) -> tuple[Path, Path]:
     """``rows`` training and ``val_rows`` validation sentences, disjoint, drawn from SST-2's training file."""
-    lines = (SHARED / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
-    header, body = lines[0], lines[1:]
-    picked = random.Random(seed).sample(body, rows + val_rows)
-    out.mkdir(parents=True, exist_ok=True)
-    train, val = out / f"train_{rows}.tsv", out / f"val_{val_rows}.tsv"
-    train.write_text("\n".join([header, *picked[:rows]]) + "\n", encoding="utf-8")
-    val.write_text("\n".join([header, *picked[rows:]]) + "\n", encoding="utf-8")
-    return train, val
+    header, picked = sample_sst2(rows + val_rows, seed)
+    return write_tsv(out / f"train_{rows}.tsv", header, picked[:rows]), write_tsv(
+        out / f"val_{val_rows}.tsv", header, picked[rows:]
+    )
 
 
 def base_tree(train: Path, val: Path) -> dict[str, Any]:
@@ -77,27 +74,15 @@ def base_tree(train: Path, val: Path) -> dict[str, Any]:
     }
 
 
-def with_keys(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``tree`` with the dotted ``values`` set (``{"training.seed": 14}``)."""
-    out = json.loads(json.dumps(tree))
-    for dotted, value in values.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def train_seeds(tree: dict[str, Any], seeds: list[int], folder: Path) -> dict[str, Any]:
-    """Train ``tree`` once per seed: SST-2 dev accuracy of each, their mean and standard deviation, and costs."""
+def train_seeds(tree: dict[str, Any], params: dict[str, Any], seeds: list[int], folder: Path) -> dict[str, Any]:
+    """Train ``tree`` with the dotted ``params`` (a search's best values) once per seed: SST-2 dev accuracy of
+    each, their mean and standard deviation, and costs."""
     from adaptune import train
-    from adaptune.config import validate_config
+    from adaptune.tuning.trials import build_config
 
     values, runs = [], []
     for seed in seeds:
-        cfg = validate_config(with_keys(tree, {"training.seed": seed, "training.output_dir": str(folder / str(seed))}))
-        result = train(cfg, overwrite=True)
+        result = train(build_config(tree, {**params, "training.seed": seed}, folder / str(seed)), overwrite=True)
         values.append(round(float(result.results["splits"]["test"]["headline"]["accuracy"]), 4))
         runs.append(result)
         print(f"   seed {seed}: SST-2 dev accuracy {values[-1]:.4f}", flush=True)
@@ -114,13 +99,15 @@ def train_seeds(tree: dict[str, Any], seeds: list[int], folder: Path) -> dict[st
     }
 
 
-def search(tree: dict[str, Any], trials: int, folder: Path, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``trials``-trial study over :data:`SEARCH_SPACE`: the best trial's values, and a summary."""
+def search(
+    tree: dict[str, Any], space: dict[str, Any], trials: int, folder: Path, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``trials``-trial study over ``space`` (:data:`SEARCH_SPACE`): the best trial's values, and a summary."""
     from adaptune.tuning import tune
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "low_resource_search.yaml"
-    block = {"metric": "accuracy", "space": SEARCH_SPACE, "startup_trials": 8, "pruner": "median"}
+    block = {"metric": "accuracy", "space": space, "startup_trials": 8, "pruner": "median"}
     config.write_text(yaml.safe_dump({**tree, "search": block}, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
     result = tune(config, trials, study_dir=folder / "study", seed=seed, echo=lambda line: print(line, flush=True))
@@ -156,20 +143,22 @@ def main() -> None:
     args = parse_args()
     work = Path("/tmp/low_resource_quick") if args.quick else WORK
     train, val = write_data(args.rows, args.val_rows, args.data_seed, work / "data")
-    tree = base_tree(train, val)
+    tree, space = base_tree(train, val), SEARCH_SPACE
     if args.quick:
-        tree = with_keys(tree, {"training.epochs": 1})
-        SEARCH_SPACE["training.epochs"] = {"low": 1, "high": 3}
+        tree["training"]["epochs"] = 1
+        space = {**SEARCH_SPACE, "training.epochs": {"low": 1, "high": 3}}
     command = " ".join([".venv/bin/python benchmarks/low_resource.py", *sys.argv[1:]])
     host = host_record(probe=True)
     settings: dict[str, dict[str, Any]] = {}
     print("== defaults", flush=True)
-    settings["defaults"] = train_seeds(tree, args.seeds, work / "defaults")
+    settings["defaults"] = train_seeds(tree, {}, args.seeds, work / "defaults")
     print(f"== search: {args.trials} trials", flush=True)
-    best, summary = search(tree, args.trials, work / "search", args.data_seed)
-    settings["search"] = {**train_seeds(with_keys(tree, best), args.seeds, work / "search_best"), "search": summary}
+    best, summary = search(tree, space, args.trials, work / "search", args.data_seed)
+    settings["search"] = {**train_seeds(tree, best, args.seeds, work / "search_best"), "search": summary}
     print("== augment", flush=True)
-    settings["augment"] = train_seeds(with_keys(tree, {"data.augment": AUGMENT}), args.seeds, work / "augment")
+    augmented = copy.deepcopy(tree)
+    augmented["data"]["augment"] = AUGMENT
+    settings["augment"] = train_seeds(augmented, {}, args.seeds, work / "augment")
     records = [
         {
             "task": "seq_cls",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from quality import default_learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,15 +66,23 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-def sst2_subset(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
-    """``rows`` random SST-2 training sentences (TSV with its header) and the dev file as it is."""
+def sample_sst2(rows: int, seed: int) -> tuple[str, list[str]]:
+    """SST-2's training TSV header and ``rows`` of its sentence lines drawn at random with ``seed``."""
     lines = (SHARED / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
     header, body = lines[0], lines[1:]
-    picked = random.Random(seed).sample(body, min(rows, len(body)))
-    out.mkdir(parents=True, exist_ok=True)
-    train = out / f"sst2_train_{rows}.tsv"
-    train.write_text("\n".join([header, *picked]) + "\n", encoding="utf-8")
-    return train, SHARED / "sst2" / "dev.tsv"
+    return header, random.Random(seed).sample(body, min(rows, len(body)))
+
+
+def write_tsv(path: Path, header: str, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    return path
+
+
+def sst2_subset(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
+    """``rows`` random SST-2 training sentences (TSV with its header) and the dev file as it is."""
+    header, picked = sample_sst2(rows, seed)
+    return write_tsv(out / f"sst2_train_{rows}.tsv", header, picked), SHARED / "sst2" / "dev.tsv"
 
 
 def conll_sentences(path: Path) -> list[str]:
@@ -90,12 +99,6 @@ def conll_subset(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
     train = out / f"conll2003_train_{rows}.txt"
     train.write_text("\n\n".join(picked) + "\n", encoding="utf-8")
     return train, SHARED / "conll2003" / "valid.txt"
-
-
-def default_learning_rate(method: str) -> float:
-    from adaptune.registry import method_registration
-
-    return float(method_registration(method).factory.default_learning_rate)
 
 
 def base_tree(dataset: str, method: str, train: Path, dev: Path, epochs: int, out: Path) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def search_block(method: str, metric: str) -> dict[str, Any]:
 
 
 def run_defaults(tree: dict[str, Any], metric: str) -> dict[str, Any]:
-    """Train the config as it is: the dev figure, the learning rate it used and its seconds."""
+    """Train the config as it is: its dev figure, seconds, precision and trainable parameters."""
     from adaptune import train
     from adaptune.config import validate_config
 

@@ -41,7 +41,7 @@ import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from adaptune.inference.errors import (
 from adaptune.inference.folder import Entry, Listing, structural_copy
 from adaptune.inference.jobs import GenerationJob, job_batches
 from adaptune.inference.residency import Residency
+from adaptune.inference.rows import Decoded, Row
 from adaptune.model import BACKBONE_INPUTS, head_embeds_inputs
 from adaptune.padding_free import packed_forward, packing_of, worth_packing
 from adaptune.padding_free import supports as supports_padding_free
@@ -72,42 +73,10 @@ from adaptune.positions import positions_from_mask
 from adaptune.quantize import check_quantize, quantize_base
 from adaptune.tasks.base import Encoded, TaskKind
 
-
-@dataclass
-class Row:
-    """One input of one request, parsed and tokenised for its adapter (``adapter``: its listing)."""
-
-    adapter: Listing
-    example: Any
-    encoded: Encoded
-
-    @property
-    def entry(self) -> Entry:
-        """The adapter's loaded weights (a running batch has loaded them)."""
-        if self.adapter.entry is None:
-            raise AdapterUnloaded(f"adapter {self.adapter.name!r} is not loaded")
-        return self.adapter.entry
-
-
 #: Called after each forward batch with (rows, rows per adapter name).
 BatchObserver = Callable[[int, dict[str, int]], None]
 #: Called after each generation batch with (requests, prompts) decoded together.
 GenerationObserver = Callable[[int, int], None]
-
-
-class _Decoded:
-    """The :class:`~adaptune.tasks.base.PredictContext` of rows whose forward pass already ran (in a mixed batch):
-    :meth:`Task.predict` gets their decoded predictions from it, as it gets them from a Predictor's forward."""
-
-    def __init__(self, labels: Sequence[str], predictions: list[Any]) -> None:
-        self.labels = labels
-        self.predictions = predictions
-
-    def forward(self, examples: Sequence[Any]) -> list[Any]:
-        return self.predictions
-
-    def generate(self, prompts: Sequence[Any], config: Any) -> list[Any]:
-        raise TypeError("rows of the forward batch do not generate (generation goes through generate_jobs)")
 
 
 class MultiPredictor:
@@ -397,7 +366,7 @@ class MultiPredictor:
     ) -> None:
         """The task's JSON-ready predictions (:meth:`Task.predict`) for rows decoded to ``predictions``."""
         examples = [rows[i].example for i in positions]
-        answers = entry.task.predict(_Decoded(entry.labels, predictions), examples)
+        answers = entry.task.predict(Decoded(entry.labels, predictions), examples)
         for i, answer in zip(positions, answers, strict=True):
             out[i] = answer
 

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from adaptune.generation import Generation
 from adaptune.inference.errors import PredictorError
 from adaptune.inference.jobs import GenerationJob
-from adaptune.inference.multi import MultiPredictor, Row
+from adaptune.inference.multi import MultiPredictor
+from adaptune.inference.rows import Row
 from adaptune.server.errors import ServeError, http_error
 
 F = TypeVar("F", bound=Callable[..., Any])
