@@ -1,19 +1,28 @@
 """Quality runs: train each named config on the full shared dataset and record the headline figures.
 
     .venv/bin/python benchmarks/quality.py sst2_bottleneck sst2_head conll2003_bottleneck resume_ner_bottleneck
+    .venv/bin/python benchmarks/quality.py sst2_bottleneck --seeds 13 14 15 --set training.precision=fp32
 
 Each name is ``configs/<name>.yaml``, run in its own process (so peak RSS is that run's). Records are upserted
 into ``benchmarks/results/quality.json`` (one per task/dataset/split/model/method/metric) and the table
 ``benchmarks/results/quality.md`` is rewritten, and so are the two tables in README.md (and README.zh-CN.md) between the
 ``<!-- methods-table -->`` and ``<!-- quality-records -->`` markers (``--tables`` does only that).
+
+With ``--seeds`` each config trains once per seed (``training.seed``) and its record holds the mean (``value``),
+the sample standard deviation (``std``), the per-seed ``values`` and ``seeds``; tokens/s and seconds are the
+seeds' means and peak RSS their maximum. It replaces a single-seed record of the same key.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,19 +126,33 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
+@contextlib.contextmanager
+def results_lock() -> Iterator[None]:
+    """Hold ``benchmarks/results/.lock`` (an exclusive ``flock``) while a results file or a README is read, merged
+    and rewritten, so benchmarks running side by side never drop each other's records."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upsert(records: list[dict], path: Path | None = None, *, tables: bool = True) -> None:
     """Replace the records of ``path`` (``quality.json``) that have the same :data:`KEY` by ``records``, then
-    (``tables``) rewrite ``quality.md`` and the README tables."""
+    (``tables``) rewrite ``quality.md`` and the README tables, all under :func:`results_lock`."""
     path = path or RESULTS / "quality.json"
     if missing := [r for r in records if not r.get("precision")]:
         raise ValueError(f"quality records need their 'precision' (what the run trained in): {missing[0]}")
     keys = {tuple(r.get(k) for k in KEY) for r in records}
-    merged = [r for r in load_records(path) if tuple(r.get(k) for k in KEY) not in keys] + records
-    merged.sort(key=lambda r: tuple(str(r.get(k, "")) for k in KEY))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if tables:
-        write_tables(merged)
+    with results_lock():
+        merged = [r for r in load_records(path) if tuple(r.get(k) for k in KEY) not in keys] + records
+        merged.sort(key=lambda r: tuple(str(r.get(k, "")) for k in KEY))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if tables:
+            write_tables(merged)
 
 
 def method_table(records: list[dict]) -> list[str]:
@@ -175,10 +198,17 @@ def precision_table(records: list[dict]) -> list[str]:
             setting = f" ({other['precision_setting']})" if other.get("precision_setting") else ""
             lines.append(
                 f"| {other['dataset']} ({other['split']}) | {other['model'].rsplit('/', 1)[-1]} | {other['method']} | "
-                f"{other['metric']} | {fp32['value']:.4f} | {other['value']:.4f} {precision}{setting} | "
+                f"{other['metric']} | {spread(fp32)} | {spread(other)} {precision}{setting} | "
                 f"{100 * (other['value'] - fp32['value']):+.2f} | {fp32['wall_s']:,.0f} / {other['wall_s']:,.0f} |"
             )
     return lines
+
+
+def spread(record: dict) -> str:
+    """The value, with '± std (n seeds)' for a mean over seeds."""
+    if "std" in record:
+        return f"{record['value']:.4f} ± {record['std']:.4f} ({len(record.get('values', []))} seeds)"
+    return f"{record['value']:.4f}"
 
 
 def in_method_table(record: dict) -> bool:
@@ -230,9 +260,7 @@ def value_cell(record: dict) -> str:
     """The value, as 'before → after' when the run evaluated dev before training too."""
     if "value_at_start" in record:
         return f"{record['value_at_start']:.4f} → {record['value']:.4f}"
-    if "std" in record:  # the mean over seeds
-        return f"{record['value']:.4f} ± {record['std']:.4f} ({len(record.get('values', []))} seeds)"
-    return f"{record['value']:.4f}"
+    return spread(record)
 
 
 def write_tables(merged: list[dict]) -> None:
@@ -263,6 +291,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="config names under configs/")
     parser.add_argument("--tables", action="store_true", help="only rewrite the tables (quality.md, README)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train each config once per seed; record mean and std")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tables:
@@ -272,11 +301,48 @@ def main() -> None:
         print(json.dumps(run_one(args.names[0], args.overrides)))
         return
     for name in args.names:
-        cmd = [sys.executable, __file__, name, "--in-process", *(f"--set={o}" for o in args.overrides)]
-        proc = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
-        records = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.seeds:
+            runs = [run_in_process(name, [*args.overrides, f"training.seed={seed}"]) for seed in args.seeds]
+            records = over_seeds(runs, args.seeds, name, args.overrides)
+        else:
+            records = run_in_process(name, args.overrides)
         upsert(records)
         print(json.dumps(records, indent=2, ensure_ascii=False))
+
+
+def run_in_process(name: str, overrides: list[str]) -> list[dict]:
+    """:func:`run_one` in a process of its own (so its peak RSS is that run's)."""
+    cmd = [sys.executable, __file__, name, "--in-process", *(f"--set={o}" for o in overrides)]
+    proc = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def over_seeds(runs: list[list[dict]], seeds: list[int], name: str, overrides: list[str]) -> list[dict]:
+    """One record per metric from the same config trained with each of ``seeds`` (``runs[i]``: seed ``i``'s
+    records): the mean as ``value``, with ``std``, ``values`` and ``seeds``."""
+    sets = [f"--set {o}" for o in overrides]
+    command = " ".join([".venv/bin/python benchmarks/quality.py", name, "--seeds", *map(str, seeds), *sets])
+    if len({r[0]["precision"] for r in runs}) != 1:
+        raise ValueError(f"{name}: the seeds trained in different precisions: {[r[0]['precision'] for r in runs]}")
+    merged = []
+    for i, first in enumerate(runs[0]):
+        same = [run[i] for run in runs]
+        values = [r["value"] for r in same]
+        record = {
+            **first,
+            "value": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "values": values,
+            "seeds": list(seeds),
+            "train_tokens_per_s": round(statistics.fmean(r["train_tokens_per_s"] for r in same), 1),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in same),
+            "wall_s": round(statistics.fmean(r["wall_s"] for r in same), 1),
+            "command": command,
+        }
+        if "value_at_start" in first:
+            record["value_at_start"] = round(statistics.fmean(r["value_at_start"] for r in same), 4)
+        merged.append(record)
+    return merged
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from quality import default_learning_rate
+from quality import READMES, default_learning_rate, replace_between, results_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -187,20 +187,19 @@ def table(records: list[dict[str, Any]]) -> list[str]:
 
 def save(records: list[dict[str, Any]], out: Path, readmes: bool) -> None:
     """Upsert ``records`` into ``out/sweep.json`` (by data set and method), write ``sweep.md`` and the READMEs."""
-    from quality import READMES, replace_between
-
-    path = out / "sweep.json"
-    existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    keys = {(r["dataset"], r["method"]) for r in records}
-    merged = [r for r in existing if (r["dataset"], r["method"]) not in keys] + records
-    merged.sort(key=lambda r: (r["dataset"], METHODS.index(r["method"]) if r["method"] in METHODS else 99))
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    lines = table(merged)
-    (out / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    for readme in READMES if readmes else ():
-        if readme.is_file():
-            readme.write_text(replace_between(readme.read_text(encoding="utf-8"), "sweep-table", lines), "utf-8")
+    with results_lock():  # the two data sets' sweeps may run side by side
+        path = out / "sweep.json"
+        existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        keys = {(r["dataset"], r["method"]) for r in records}
+        merged = [r for r in existing if (r["dataset"], r["method"]) not in keys] + records
+        merged.sort(key=lambda r: (r["dataset"], METHODS.index(r["method"]) if r["method"] in METHODS else 99))
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        lines = table(merged)
+        (out / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for readme in READMES if readmes else ():
+            if readme.is_file():
+                readme.write_text(replace_between(readme.read_text(encoding="utf-8"), "sweep-table", lines), "utf-8")
 
 
 def parse_args() -> argparse.Namespace:
