@@ -28,11 +28,11 @@ from adaptune.padding_free import Packing
 if TYPE_CHECKING:
     from adaptune.methods.base import PerRowPart
 
-M = TypeVar("M")  # what a kernel keeps per member adapter
+W = TypeVar("W")  # one member adapter's weights at a host, as a kernel takes them
 
 
 class SlotTable:
-    """Global adapter index -> local slot at one host (slot 0: no adapter here), rebuilt on load and unload."""
+    """Global adapter index -> local slot at one host (slot 0: no adapter here), reassigned on load and unload."""
 
     def __init__(self) -> None:
         self.slot_of = torch.zeros(1, dtype=torch.long)
@@ -41,13 +41,6 @@ class SlotTable:
         self.segments: list[tuple[int, int, int]] | None = None
         self.tokens = 0
         self._padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def rebuild(self, indices: list[int]) -> None:
-        """``indices``: the global index of each adapter at this host, in slot order (slots 1..n)."""
-        table = torch.zeros(max([0, *indices]) + 1, dtype=torch.long)
-        for slot, index in enumerate(indices, start=1):
-            table[index] = slot
-        self.slot_of = table
 
     def assign(self, slot_of: dict[int, int]) -> None:
         """Global adapter index -> its slot here (slots need not be dense: a kernel may reuse freed ones)."""
@@ -128,22 +121,89 @@ class PerRowKernel(Protocol):
     def __call__(self, host: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor: ...
 
 
-class SlotKernel(Generic[M]):
-    """The bookkeeping a :class:`PerRowKernel` shares: members by global index, the host's :class:`SlotTable`, and
-    whether the bound batch uses this host at all. Kernels add the stacking (``rebuild``) and the maths."""
+class SlotKernel(Generic[W]):
+    """The bookkeeping a :class:`PerRowKernel` shares: the members' weights stacked along a leading slot axis (the
+    stack is the only copy: ``members`` keeps each member's width), the host's :class:`SlotTable`, and whether the
+    bound batch uses this host at all.
+
+    A load (:meth:`add_weights`, then :meth:`rebuild`) writes the member into a free slot; an unload zeroes its slot
+    for reuse. The stack grows by doubling, and re-pads when a wider member (a larger rank, a wider bottleneck)
+    arrives, so loading or evicting one of n adapters costs one slot, not a restack of all n. Kernels define the
+    stack itself: ``capacity``/``width`` (its size), ``weights_width``, ``grow``, ``write`` and ``zero``, and the
+    maths.
+    """
 
     def __init__(self) -> None:
         self.slots = SlotTable()
-        self.members: dict[int, M] = {}
+        self.members: dict[int, int] = {}  # member index -> its width
+        self.slot_of: dict[int, int] = {}  # member index -> its slot (1..capacity)
+        self.free: list[int] = []
+        self.incoming: dict[int, W] = {}  # added, written into a slot at the next rebuild
         self.active = False
 
-    def rebuild(self) -> None:  # pragma: no cover - every kernel defines it
+    # -- the stack (each kernel) -------------------------------------------------------------------------------
+    def capacity(self) -> int:  # pragma: no cover - every kernel defines it
+        """Slots besides slot 0."""
         raise NotImplementedError
+
+    def width(self) -> int:  # pragma: no cover
+        """The padded width of every slot."""
+        raise NotImplementedError
+
+    def weights_width(self, weights: W) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def grow(self, capacity: int, width: int, device: torch.device) -> None:  # pragma: no cover
+        """Room for ``capacity`` members of width up to ``width``: the stack copied into a larger one."""
+        raise NotImplementedError
+
+    def write(self, slot: int, weights: W) -> None:  # pragma: no cover
+        """A member's weights into a zeroed slot (zero-padded to the stack's width)."""
+        raise NotImplementedError
+
+    def zero(self, slot: int) -> None:  # pragma: no cover
+        """A slot back to slot 0's value (no change to the host's output)."""
+        raise NotImplementedError
+
+    def device_of(self, weights: W) -> torch.device:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- membership --------------------------------------------------------------------------------------------
+    def add_weights(self, index: int, weights: W) -> None:
+        """Adapter ``index``'s weights at this host (call :meth:`rebuild` after)."""
+        self.incoming[index] = weights
+        self.members[index] = self.weights_width(weights)
 
     def remove(self, index: int) -> bool:
         """Forget adapter ``index`` here; True if it was a member (the caller then rebuilds)."""
+        self.incoming.pop(index, None)
         return self.members.pop(index, None) is not None
 
+    def rebuild(self) -> None:
+        """Zero and free the slots of removed members, then write the incoming ones into free slots (growing the
+        stack first when it is full or a member is wider than any before); slot 0 stays as it is."""
+        for index in [i for i in self.slot_of if i not in self.members]:
+            slot = self.slot_of.pop(index)
+            self.zero(slot)
+            self.free.append(slot)
+        if self.incoming:
+            width = max(self.width(), *(self.weights_width(w) for w in self.incoming.values()))
+            needed = len(self.incoming) - len(self.free)
+            if needed > 0 or width > self.width():
+                capacity = self.capacity()
+                grown = max(capacity, 1) * 2 if needed > 0 else capacity
+                new_capacity = max(grown, capacity + needed)
+                self.grow(new_capacity, width, self.device_of(next(iter(self.incoming.values()))))
+                self.free.extend(range(new_capacity, capacity, -1))  # popped from the end: the lowest new slot first
+            for index, weights in self.incoming.items():
+                slot = self.free.pop()
+                self.zero(slot)
+                self.write(slot, weights)
+                self.slot_of[index] = slot
+            self.incoming.clear()
+        self.slots.assign(self.slot_of)
+
+    # -- one batch ---------------------------------------------------------------------------------------------
     def bind(self, rows: torch.Tensor, packing: Packing | None) -> None:
         """Bind a batch's ``rows: (B,)`` (and its packing, for a padding-free pass) for one forward."""
         self.active = self.slots.bind(rows)

@@ -212,3 +212,47 @@ def test_lora_slots_are_reused_and_the_stack_grows_by_doubling() -> None:
     kernel.rebuild()
     assert kernel.a_t.shape[2] == 6
     check()
+
+
+def test_bottleneck_slots_are_reused_and_each_slot_serves_its_own_adapter() -> None:
+    """MultiBottleneck keeps the members' weights in its stack only: unloading one zeroes its slot to the identity
+    and the next load reuses it; a wider bottleneck re-pads the stack; every row still gets its own adapter's output
+    (a non-residual adapter's too) and rows of slot 0 pass unchanged."""
+    from adaptune.methods.bottleneck import BottleneckAdapter, MultiBottleneck
+
+    torch.manual_seed(2)
+    d = 6
+
+    def adapter(k: int, act: str = "relu", residual: bool = True) -> BottleneckAdapter:
+        module = BottleneckAdapter(d, k, act, residual=residual)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        return module.eval()
+
+    adapters = {1: adapter(2), 2: adapter(3, "gelu"), 3: adapter(2, "tanh", residual=False)}
+    kernel = MultiBottleneck(d)
+    for index, module in adapters.items():
+        kernel.add(index, module)
+        kernel.rebuild()
+    assert not any(isinstance(v, torch.nn.Module) for v in kernel.members.values()), "no module is kept"
+
+    def check(indices: list[int]) -> None:
+        h = torch.randn(len(indices), 4, d)
+        kernel.bind(torch.tensor(indices), None)
+        with torch.no_grad():
+            got = kernel.apply(h)
+            for row, index in enumerate(indices):
+                want = adapters[index](h[row : row + 1]) if index else h[row : row + 1]
+                torch.testing.assert_close(got[row : row + 1], want)
+        kernel.clear()
+
+    check([1, 0, 2, 3, 1])
+    slot = kernel.slot_of[2]
+    assert kernel.remove(2)
+    kernel.rebuild()
+    assert not kernel.down_t[slot].any() and float(kernel.keep[slot]) == 1.0
+    adapters[4] = adapter(5, "swish")  # wider than any before: the stack re-pads
+    kernel.add(4, adapters[4])
+    kernel.rebuild()
+    assert kernel.slot_of[4] == slot and kernel.down_t.shape[2] == 5
+    check([4, 3, 0, 1, 4])

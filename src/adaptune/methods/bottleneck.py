@@ -25,7 +25,7 @@ not touch a host gets slot 0, whose weights are zero: the host's output passes u
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -151,23 +151,50 @@ def activation_name(module: nn.Module) -> str:
     raise ValueError(f"unknown bottleneck activation {type(module).__name__}")
 
 
-class MultiBottleneck(SlotKernel[BottleneckAdapter]):
+class BottleneckWeights(NamedTuple):
+    """One bottleneck adapter of width ``k`` after a host of width ``d``, as :class:`MultiBottleneck` stacks it."""
+
+    down_t: torch.Tensor  # (d, k)
+    down_b: torch.Tensor  # (k,)
+    up_t: torch.Tensor  # (k, d)
+    up_b: torch.Tensor  # (d,)
+    keep: float  # 1.0: residual
+    act_id: int  # index into ACTIVATION_ORDER
+
+
+def bottleneck_weights(adapter: BottleneckAdapter) -> BottleneckWeights:
+    """``adapter``'s weights, detached, in the layout :class:`MultiBottleneck` stacks."""
+    return BottleneckWeights(
+        adapter.down.weight.detach().T,
+        adapter.down.bias.detach(),
+        adapter.up.weight.detach().T,
+        adapter.up.bias.detach(),
+        1.0 if adapter.residual else 0.0,
+        ACTIVATION_ORDER.index(activation_name(adapter.act)),
+    )
+
+
+class MultiBottleneck(SlotKernel[BottleneckWeights]):
     """All loaded bottleneck adapters after one host module of output width ``d``, applied per row (the module
     docstring's formula; a :class:`~adaptune.per_row.PerRowKernel`).
 
     ``apply(h (B, ..., d)) -> (B, ..., d)``: row ``i`` gets its adapter's ``keep h + up(f(down(h)))``; rows of
     slot 0 get ``h``. A padding-free batch ``(1, T, d)`` gets each adapter on its own token range.
+
+    The stack (``down_t (capacity + 1, d, k_max)``, ``down_b``, ``up_t``, ``up_b``, ``keep``, ``act_id``) is the
+    only copy of the members' weights; slots are taken and freed as :class:`~adaptune.per_row.SlotKernel` says,
+    and a free slot holds zeros with ``keep`` 1 (the identity).
     """
 
     def __init__(self, d: int) -> None:
         super().__init__()
         self.d = d
-        self.down_t = torch.zeros(1, d, 1)  # (n + 1, d, k_max)
-        self.down_b = torch.zeros(1, 1)  # (n + 1, k_max)
-        self.up_t = torch.zeros(1, 1, d)  # (n + 1, k_max, d)
-        self.up_b = torch.zeros(1, d)  # (n + 1, d)
-        self.keep = torch.ones(1)  # (n + 1,) 1 = residual
-        self.act_id = torch.zeros(1, dtype=torch.long)  # (n + 1,) index into ACTIVATION_ORDER
+        self.down_t = torch.zeros(1, d, 1)  # (capacity + 1, d, k_max)
+        self.down_b = torch.zeros(1, 1)  # (capacity + 1, k_max)
+        self.up_t = torch.zeros(1, 1, d)  # (capacity + 1, k_max, d)
+        self.up_b = torch.zeros(1, d)  # (capacity + 1, d)
+        self.keep = torch.ones(1)  # (capacity + 1,) 1 = residual
+        self.act_id = torch.zeros(1, dtype=torch.long)  # (capacity + 1,) index into ACTIVATION_ORDER
         self.acts: list[tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]] = []
         self.act_list: list[int] = [0]  # act_id and keep as Python numbers, for the packed path
         self.keep_list: list[float] = [1.0]
@@ -179,31 +206,51 @@ class MultiBottleneck(SlotKernel[BottleneckAdapter]):
         return cls(module.up.out_features)
 
     def add(self, index: int, module: nn.Module) -> None:
-        """Adapter ``index``'s bottleneck at this host (call :meth:`rebuild` after)."""
+        """Adapter ``index``'s bottleneck at this host (:func:`bottleneck_weights`; call :meth:`rebuild` after)."""
         assert isinstance(module, BottleneckAdapter)
-        self.members[index] = module
+        self.add_weights(index, bottleneck_weights(module))
+
+    def capacity(self) -> int:
+        return self.down_t.shape[0] - 1
+
+    def width(self) -> int:
+        return self.down_t.shape[2]
+
+    def weights_width(self, weights: BottleneckWeights) -> int:
+        return weights.down_t.shape[1]
+
+    def device_of(self, weights: BottleneckWeights) -> torch.device:
+        return weights.down_t.device
+
+    def grow(self, capacity: int, width: int, device: torch.device) -> None:
+        n, k, size = self.down_t.shape[0], self.down_t.shape[2], capacity + 1
+        down_t, down_b = torch.zeros(size, self.d, width, device=device), torch.zeros(size, width, device=device)
+        up_t, up_b = torch.zeros(size, width, self.d, device=device), torch.zeros(size, self.d, device=device)
+        keep, act_id = torch.ones(size, device=device), torch.zeros(size, dtype=torch.long)
+        down_t[:n, :, :k], down_b[:n, :k] = self.down_t, self.down_b
+        up_t[:n, :k], up_b[:n] = self.up_t, self.up_b
+        keep[:n], act_id[:n] = self.keep, self.act_id
+        self.down_t, self.down_b, self.up_t, self.up_b = down_t, down_b, up_t, up_b
+        self.keep, self.act_id = keep, act_id
+
+    def write(self, slot: int, weights: BottleneckWeights) -> None:
+        k = weights.down_t.shape[1]
+        self.down_t[slot, :, :k] = weights.down_t
+        self.down_b[slot, :k] = weights.down_b
+        self.up_t[slot, :k] = weights.up_t
+        self.up_b[slot] = weights.up_b
+        self.keep[slot] = weights.keep
+        self.act_id[slot] = weights.act_id
+
+    def zero(self, slot: int) -> None:
+        for stacked in (self.down_t, self.down_b, self.up_t, self.up_b):
+            stacked[slot].zero_()
+        self.keep[slot], self.act_id[slot] = 1.0, 0
 
     def rebuild(self) -> None:
-        """Stack the members' weights, zero-padding bottleneck widths to the largest; slot 0 stays zero."""
-        order = sorted(self.members)
-        k_max = max([1, *(self.members[i].down.out_features for i in order)])
-        n = len(order) + 1
-        dev = self.members[order[0]].down.weight.device if order else None
-        self.down_t, self.down_b = torch.zeros(n, self.d, k_max, device=dev), torch.zeros(n, k_max, device=dev)
-        self.up_t, self.up_b = torch.zeros(n, k_max, self.d, device=dev), torch.zeros(n, self.d, device=dev)
-        self.keep, self.act_id = torch.ones(n, device=dev), torch.zeros(n, dtype=torch.long)
-        with torch.no_grad():
-            for slot, index in enumerate(order, start=1):
-                adapter = self.members[index]
-                k = adapter.down.out_features
-                self.down_t[slot, :, :k] = adapter.down.weight.T
-                self.down_b[slot, :k] = adapter.down.bias
-                self.up_t[slot, :k] = adapter.up.weight.T
-                self.up_b[slot] = adapter.up.bias
-                self.keep[slot] = 1.0 if adapter.residual else 0.0
-                self.act_id[slot] = ACTIVATION_ORDER.index(activation_name(adapter.act))
+        """:meth:`SlotKernel.rebuild`, then the slots' non-linearities and residual flags as Python numbers."""
+        super().rebuild()
         self.act_list, self.keep_list = self.act_id.tolist(), self.keep.tolist()
-        self.slots.rebuild(order)
 
     def bind(self, rows: torch.Tensor, packing: Packing | None) -> None:
         """Bind the batch (:meth:`SlotKernel.bind`), then group its rows by non-linearity (one group, no mask, in

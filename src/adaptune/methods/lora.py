@@ -213,7 +213,7 @@ def lora_weights(lora: LoRA) -> LoRAWeights:
     return a.T.contiguous().float(), b.T.contiguous().float()
 
 
-class MultiLoRA(SlotKernel[int]):
+class MultiLoRA(SlotKernel[LoRAWeights]):
     """All loaded LoRA updates of one host linear map ``d_in -> d_out``, applied per row (the module docstring's
     formula; a :class:`~adaptune.per_row.PerRowKernel`).
 
@@ -221,19 +221,15 @@ class MultiLoRA(SlotKernel[int]):
     slot is 0 (no LoRA here) get ``out`` unchanged (their padded weights are zero). A padding-free batch
     ``(1, T, d_in)`` gets each adapter's update on its own token range.
 
-    The stacked matrices are the only copy of the members' weights (``members``: index -> rank). A load writes
-    into a free slot and an unload zeroes its slot for reuse; the stack grows by doubling (and re-pads when a
-    larger rank arrives), so loading or evicting one of n adapters costs one slot, not a restack of all n.
+    The stack ``a_t (capacity + 1, d_in, r_max)``, ``b_t (capacity + 1, r_max, d_out)`` (scaling folded in) is the
+    only copy of the members' weights; slots are taken and freed as :class:`~adaptune.per_row.SlotKernel` says.
     """
 
     def __init__(self, d_in: int, d_out: int) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
-        self.a_t = torch.zeros(1, d_in, 1)  # (capacity + 1, d_in, r_max)
-        self.b_t = torch.zeros(1, 1, d_out)  # (capacity + 1, r_max, d_out), scaling folded in
-        self.slot_of: dict[int, int] = {}  # member index -> its slot (1..capacity)
-        self.free: list[int] = []
-        self.incoming: dict[int, LoRAWeights] = {}  # added, written into a slot at the next rebuild
+        self.a_t = torch.zeros(1, d_in, 1)
+        self.b_t = torch.zeros(1, 1, d_out)
 
     @classmethod
     def for_member(cls, module: nn.Module) -> MultiLoRA:
@@ -246,49 +242,33 @@ class MultiLoRA(SlotKernel[int]):
         assert isinstance(module, LoRA)
         self.add_weights(index, lora_weights(module))
 
-    def add_weights(self, index: int, weights: LoRAWeights) -> None:
-        """Adapter ``index``'s ``(A^T (d_in, r), (s B)^T (r, d_out))`` (call :meth:`rebuild` after)."""
-        self.incoming[index] = weights
-        self.members[index] = weights[0].shape[1]
+    def capacity(self) -> int:
+        return self.a_t.shape[0] - 1
 
-    def remove(self, index: int) -> bool:
-        self.incoming.pop(index, None)
-        return super().remove(index)
+    def width(self) -> int:
+        return self.a_t.shape[2]
 
-    def rebuild(self) -> None:
-        """Zero and free the slots of removed members, then write the incoming ones into free slots (growing the
-        stack first when it is full or a rank is larger than any before); slot 0 stays zero."""
-        for index in [i for i in self.slot_of if i not in self.members]:
-            slot = self.slot_of.pop(index)
-            self.a_t[slot].zero_()
-            self.b_t[slot].zero_()
-            self.free.append(slot)
-        if self.incoming:
-            r_max = max(self.a_t.shape[2], *(a.shape[1] for a, _ in self.incoming.values()))
-            needed = len(self.incoming) - len(self.free)
-            if needed > 0 or r_max > self.a_t.shape[2]:
-                capacity = self.a_t.shape[0] - 1
-                grown = max(capacity, 1) * 2 if needed > 0 else capacity
-                self._grow(max(grown, capacity + needed), r_max, next(iter(self.incoming.values()))[0].device)
-            for index, (a, b) in self.incoming.items():
-                slot = self.free.pop()
-                self.a_t[slot].zero_()
-                self.b_t[slot].zero_()
-                self.a_t[slot, :, : a.shape[1]] = a
-                self.b_t[slot, : b.shape[0]] = b
-                self.slot_of[index] = slot
-            self.incoming.clear()
-        self.slots.assign(self.slot_of)
+    def weights_width(self, weights: LoRAWeights) -> int:
+        return weights[0].shape[1]
 
-    def _grow(self, capacity: int, r_max: int, device: torch.device) -> None:
-        """Room for ``capacity`` members of rank up to ``r_max``: the stack copied into a larger one."""
-        old = self.a_t.shape[0] - 1
-        a_t = torch.zeros(capacity + 1, self.d_in, r_max, device=device)
-        b_t = torch.zeros(capacity + 1, r_max, self.d_out, device=device)
-        a_t[: old + 1, :, : self.a_t.shape[2]] = self.a_t.to(device)
-        b_t[: old + 1, : self.b_t.shape[1]] = self.b_t.to(device)
+    def device_of(self, weights: LoRAWeights) -> torch.device:
+        return weights[0].device
+
+    def grow(self, capacity: int, width: int, device: torch.device) -> None:
+        a_t = torch.zeros(capacity + 1, self.d_in, width, device=device)
+        b_t = torch.zeros(capacity + 1, width, self.d_out, device=device)
+        a_t[: self.a_t.shape[0], :, : self.a_t.shape[2]] = self.a_t.to(device)
+        b_t[: self.b_t.shape[0], : self.b_t.shape[1]] = self.b_t.to(device)
         self.a_t, self.b_t = a_t, b_t
-        self.free.extend(range(capacity, old, -1))  # popped from the end: the lowest new slot first
+
+    def write(self, slot: int, weights: LoRAWeights) -> None:
+        a, b = weights
+        self.a_t[slot, :, : a.shape[1]] = a
+        self.b_t[slot, : b.shape[0]] = b
+
+    def zero(self, slot: int) -> None:
+        self.a_t[slot].zero_()
+        self.b_t[slot].zero_()
 
     def __call__(self, _host: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         """The host's forward hook: its input ``args[0]`` and output ``output`` -> :meth:`apply`."""
