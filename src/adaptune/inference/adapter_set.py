@@ -209,6 +209,7 @@ class AdapterSet:
             else:
                 entry.index, self._next_index = self._next_index, self._next_index + 1
             self.layers.add(entry.index, entry.parts)
+            entry.parts = []  # the shared layers' stacks now hold the only copy of these weights
         self.entries[entry.name] = entry
         listing.entry, listing.batching = entry, entry.batching
 

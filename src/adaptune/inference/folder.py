@@ -121,8 +121,9 @@ class _Described:
 class Entry(_Described):
     """One loaded adapter: its description, task, labels and head, and how the predictor runs it.
 
-    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its ``parts`` live in the
-    shared layers); 0 when it runs on its private ``model``.
+    ``index`` (>= 1) is its slot in the shared per-row layers (``model`` is then None: its ``parts``, read from
+    the adapter file, are written into the shared layers' stacks on registration and dropped there, so the stacks
+    hold the only copy); 0 when it runs on its private ``model``.
     """
 
     name: str
