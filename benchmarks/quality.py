@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def run_one(name: str, overrides: list[str]) -> list[dict]:
             "metric": "entity_f1" if m == "f1" and cfg.task.name == "token_cls" else m,
             "value": round(headline[m], 4),
             "trainable_params": result.trainable_params,
+            "learning_rate": result.results["learning_rate"],
             "train_tokens_per_s": result.results["train_tokens_per_s"],
             "peak_rss_mb": result.results["peak_rss_mb"],
             "wall_s": result.results["wall_s"],
@@ -168,14 +170,31 @@ def method_table(records: list[dict]) -> list[str]:
     header = [f"{d} ({cells_metric(records, d)})" for d in datasets]
     lines = ["| method | default LR | " + " | ".join(header) + " |", "|---|--:|" + "--:|" * len(datasets)]
     for method in methods:
-        row = [
-            f"{cells[(method, d)]['value']:.4f} ({cells[(method, d)]['trainable_params']:,} params)"
-            if (method, d) in cells
-            else "–"
-            for d in datasets
-        ]
+        row = [method_table_cell(cells[(method, d)]) if (method, d) in cells else "–" for d in datasets]
         lines.append(f"| {method} | {default_learning_rate(method):g} | " + " | ".join(row) + " |")
     return lines
+
+
+#: The defaults of the methods that ``benchmarks/sweep_defaults.py`` changed, as they were before: records made
+#: before records carried their ``learning_rate`` trained with these (unless their command set one).
+DEFAULTS_BEFORE_SWEEP = {"lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3}
+
+
+def record_learning_rate(record: dict) -> float:
+    """The learning rate ``record``'s run trained with."""
+    if "learning_rate" in record:
+        return float(record["learning_rate"])
+    for word in record.get("command", "").split():
+        if word.startswith(("training.learning_rate=", "--set=training.learning_rate=")):
+            return float(word.rsplit("=", 1)[1])
+    return DEFAULTS_BEFORE_SWEEP.get(record["method"]) or default_learning_rate(record["method"])
+
+
+def method_table_cell(record: dict) -> str:
+    """The figure and trainable parameters; the learning rate too when it is not the method's default now."""
+    lr = record_learning_rate(record)
+    at = "" if math.isclose(lr, default_learning_rate(record["method"])) else f", LR {lr:g}"
+    return f"{record['value']:.4f} ({record['trainable_params']:,} params{at})"
 
 
 def precision_table(records: list[dict]) -> list[str]:

@@ -66,7 +66,7 @@ def test_defaults_and_learning_rate() -> None:
     registration = method_registration("lora")
     cfg = registration.config_cls.model_validate({"name": "lora"})
     assert (cfg.r, cfg.alpha, cfg.dropout, cfg.init) == (8, 16, 0.0, "kaiming")  # type: ignore[attr-defined]
-    assert LoRAMethod.default_learning_rate == 1e-3
+    assert LoRAMethod.default_learning_rate == 2e-3  # swept (README 'Defaults, swept')
     assert all(f.description for f in registration.config_cls.model_fields.values())
 
 

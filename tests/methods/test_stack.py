@@ -173,7 +173,7 @@ def test_build_and_attach_errors(tiny_bert: Path) -> None:
 def test_learning_rate_and_declarations() -> None:
     members = [{"name": "a", "method": "lora"}, {"name": "b", "method": "bitfit"}, {"name": "c", "method": "head"}]
     stack = build_method(validate_config({"method": {"name": "stack", "members": members}}).method)
-    assert stack.default_learning_rate == 1e-3  # the smallest of the trainable members'
+    assert stack.default_learning_rate == 2e-3  # the smallest of the trainable members' (lora's; bitfit 4e-3)
     assert "llama" in stack.unsupported_model_types  # bitfit's
 
 
