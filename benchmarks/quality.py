@@ -185,7 +185,7 @@ def record_learning_rate(record: dict) -> float:
     if "learning_rate" in record:
         return float(record["learning_rate"])
     for word in record.get("command", "").split():
-        if word.startswith(("training.learning_rate=", "--set=training.learning_rate=")):
+        if word.startswith("training.learning_rate="):
             return float(word.rsplit("=", 1)[1])
     return DEFAULTS_BEFORE_SWEEP.get(record["method"]) or default_learning_rate(record["method"])
 

@@ -167,8 +167,8 @@ def run_study(tree: dict[str, Any], method: str, metric: str, trials: int, folde
 def table(records: list[dict[str, Any]]) -> list[str]:
     """The sweep table: per data set and method, the defaults against the best trial."""
     lines = [
-        "| data set (dev metric) | method | LR of the defaults run | dev with defaults | best LR | best size | dev, best trial "
-        "| trials (pruned) | seconds |",
+        "| data set (dev metric) | method | LR of the defaults run | dev with defaults | best LR | best size "
+        "| dev, best trial | trials (pruned) | seconds |",
         "|---|---|--:|--:|--:|---|--:|--:|--:|",
     ]
     for r in records:

@@ -289,7 +289,7 @@ def _train_in(
         model.load_trainable_state(fit.best_state)
     results: dict[str, Any] = {
         "metric": metric,
-        "learning_rate": cfg.training.learning_rate or model.method.default_learning_rate,  # what the run used
+        "learning_rate": trainer.learning_rate,  # what the run used (the method's default when none is set)
         "best_step": fit.loop.best_step,
         "steps": fit.loop.step,
         "stopped_early": fit.loop.stopped_early,

@@ -196,8 +196,7 @@ class SlotKernel(Generic[W]):
                 self.grow(new_capacity, width, self.device_of(next(iter(self.incoming.values()))))
                 self.free.extend(range(new_capacity, capacity, -1))  # popped from the end: the lowest new slot first
             for index, weights in self.incoming.items():
-                slot = self.free.pop()
-                self.zero(slot)
+                slot = self.free.pop()  # zero: freed slots are zeroed above, grown ones start so
                 self.write(slot, weights)
                 self.slot_of[index] = slot
             self.incoming.clear()

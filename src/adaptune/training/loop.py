@@ -165,7 +165,7 @@ class Trainer:
         self.callbacks = CallbackList([*default_callbacks(self.cfg, writes=dist.is_main), *callbacks])
         self.lengths = [len(e) for e in train]
         self.batches_per_epoch = math.ceil(len(train) / config.data.batch_size)  # over all ranks
-        lr = self.cfg.learning_rate or model.method.default_learning_rate
+        self.learning_rate = lr = self.cfg.learning_rate or model.method.default_learning_rate
         named = list(model.adapter_parameters().items()) + list(model.head.named_parameters())
         if not named:
             raise ConfigError(
